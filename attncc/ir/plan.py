@@ -1,0 +1,73 @@
+"""TilePlan: the schedule as data (frozen, JSON in and out), and the fast-memory model that
+prunes plans whose working set cannot fit a target."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How a head group's work is tiled. Tile sizes count local indices of the gathered key
+    source (tokens, for a dense source).
+
+    block_m / block_n: query / key tile; num_warps / num_stages: Triton; vector / unroll:
+    CPU micro-kernel; key_split: split-K over keys (decoding); chunk: linear attention's
+    causal chunk.
+    """
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    vector: int = 8
+    unroll: int = 4
+    key_split: int = 1
+    chunk: int = 64
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"TilePlan.{f.name} must be a positive int, got {v!r}")
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = set(data) - known
+        if extra:
+            raise ValueError(f"TilePlan JSON has unknown keys {sorted(extra)}; known: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class FastMemory:
+    """The fast memory a tile's working set must fit: L2 per core on a CPU, shared memory per
+    SM on a GPU (bytes)."""
+    name: str
+    bytes: int
+
+
+FAST_MEMORY = {
+    "reference": FastMemory("reference (L2 per core)", 1 << 20),
+    "cpu": FastMemory("cpu L2 per core", 1 << 20),
+    "sm_80": FastMemory("sm_80 shared memory per SM", 163 * 1024),
+    "sm_90": FastMemory("sm_90 shared memory per SM", 227 * 1024),
+}
+
+
+def working_set(plan, d, dv, elem_bytes=4):
+    """Bytes of one tile's working set: q tile, k tile, v tile, scores, accumulator."""
+    m, n = plan.block_m, plan.block_n
+    return elem_bytes * (m * d + n * d + n * dv + m * n + m * dv)
+
+
+def fits(plan, d, dv, target, elem_bytes=4):
+    return working_set(plan, d, dv, elem_bytes) <= FAST_MEMORY[target].bytes

@@ -1,0 +1,46 @@
+"""plan: a default TilePlan per head group for the program's target.
+
+Tiles are whole multiples of the block classification's atoms (a group whose extent is
+small is one tile); the key tile is halved, then the query tile, until the working set fits
+the target's fast memory (FAST_MEMORY). The autotuner (later) only ever replaces plans.
+"""
+from ..ir.plan import FAST_MEMORY, TilePlan, fits
+from .classify_blocks import atom
+
+DEFAULT_TILE = 64
+
+
+def _tile(extent, want):
+    a = atom(extent)
+    return a * max(1, min(want // a, -(-extent // a)))
+
+
+def default_plan(grp, dims, target):
+    gat = grp.gather
+    plan = TilePlan(block_m=_tile(gat.Lq, DEFAULT_TILE), block_n=_tile(gat.Lk, DEFAULT_TILE))
+    aq, ak = atom(gat.Lq), atom(gat.Lk)
+    while not fits(plan, dims.d, dims.dv, target):
+        if plan.block_n > ak:
+            plan = plan.replace(block_n=max(ak, plan.block_n // 2 // ak * ak))
+        elif plan.block_m > aq:
+            plan = plan.replace(block_m=max(aq, plan.block_m // 2 // aq * aq))
+        else:
+            raise ValueError(f"no tile of head dims d={dims.d}, dv={dims.dv} fits {FAST_MEMORY[target].name} "
+                             f"({FAST_MEMORY[target].bytes} bytes) for target {target!r}")
+    return plan
+
+
+def plan(prog, plans=None):
+    """Attach a TilePlan to every head group: `plans` (a TilePlan, or one per group) when
+    given, else the target's default."""
+    for k, grp in enumerate(prog.groups):
+        if plans is None:
+            p = default_plan(grp, prog.dims, prog.target)
+        else:
+            p = plans[k] if isinstance(plans, (tuple, list)) else plans
+        aq, ak = grp.blocks.atom
+        if p.block_m % aq or p.block_n % ak:
+            raise ValueError(f"TilePlan block_m={p.block_m}, block_n={p.block_n} must be multiples of the block "
+                             f"classification's atoms {grp.blocks.atom} for head group {k}")
+        prog = prog.with_group(k, plan=p)
+    return prog

@@ -1,0 +1,104 @@
+"""``ac.compile``, ``ac.reference`` and the Kernel they return.
+
+A Kernel is specialised per call shape: the first call with new shapes lowers the spec
+through the pass pipeline (cached per shape and dtype), later calls run the backend.
+"""
+import math
+import sys
+import warnings
+
+from ..dsl.spec import Attention
+from ..ir.program import Dims
+from ..passes.pipeline import lower
+from ..reference import eager
+from .inputs import check_call
+
+BACKENDS = ("auto", "tvm", "triton", "reference")
+AVAILABLE = ("reference",)
+_warned = set()
+
+
+def _resolve(backend, device="cpu"):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend == "auto":
+        if "auto" not in _warned:
+            _warned.add("auto")
+            warnings.warn("attncc: no generated backend is built into this version yet; backend='auto' runs "
+                          "the eager reference (correct, not fast). Pass backend='reference' to silence this.",
+                          stacklevel=3)
+        return "reference"
+    if backend not in AVAILABLE:
+        raise NotImplementedError(f"backend {backend!r} is not available in this version of attncc "
+                                  f"(available: {', '.join(AVAILABLE)}); use backend='reference'")
+    return backend
+
+
+class Kernel:
+    """A compiled attention spec: ``kern(q, k, v, return_lse=False, **tensors)``.
+
+    q [B, H, N, d], k [B, H, M, d], v [B, H, M, dv] -> out [B, H, N, dv] (and lse [B, H, N],
+    natural log, float32, when return_lse=True). Tensors the spec captures by name are passed
+    by keyword. ``explain()`` prints the IR after each pass, the plans and the cost.
+    """
+
+    def __init__(self, spec, backend="auto", tune=False):
+        if not isinstance(spec, Attention):
+            raise TypeError(f"compile takes an ac.Attention spec, got {type(spec).__name__} ({spec!r}); "
+                            "wrap a pattern as ac.Attention(pattern=...)")
+        if tune not in (False, None):
+            raise NotImplementedError(f"tune={tune!r}: the autotuner is not part of this version of attncc; "
+                                      "use tune=False (default plans)")
+        self.spec = spec
+        self.requested = backend
+        self.backend = _resolve(backend)
+        self._lowered = {}
+        self._last = None
+
+    def lower(self, dims, dtype="float32"):
+        """The Lowered pipeline result for these dims (cached)."""
+        key = (dims, dtype)
+        got = self._lowered.get(key)
+        if got is None:
+            got = lower(self.spec, dims, dtype, target=self.backend)
+            self._lowered[key] = got
+        self._last = key
+        return got
+
+    def __call__(self, q, k, v, return_lse=False, **tensors):
+        dims, dtype = check_call(self.spec, q, k, v, tensors, return_lse)
+        low = self.lower(dims, dtype)
+        return eager.run(low.program, q, k, v, tensors, return_lse=return_lse)
+
+    def default_dims(self):
+        grid = self.spec.pattern.grid
+        n = math.prod(grid) if grid else 256
+        heads = [h for hs, _ in getattr(self.spec.pattern, "branches", ()) for h in hs]
+        return Dims(B=1, H=max(heads) + 1 if heads else 2, N=n, M=n, d=64, dv=64)
+
+    def explain(self, dims=None, dtype=None, file=sys.stdout):
+        """Print (and return) the IR after each pass, the plan and the cost, for `dims` (a Dims),
+        else the last call's shapes, else a default shape for the pattern."""
+        if dims is None and self._last is not None:
+            dims, last_dtype = self._last
+            dtype = dtype or last_dtype
+        dims = dims or self.default_dims()
+        low = self.lower(dims, dtype or "float32")
+        head = [f"spec: {self.spec!r}",
+                f"backend: {self.backend} (asked: {self.requested!r}); lowering took "
+                f"{low.seconds * 1e3:.1f} ms",
+                "generated source: none (the eager reference backend interprets the IR)"]
+        text = "\n".join(head) + "\n" + low.explain()
+        if file is not None:
+            print(text, file=file)
+        return text
+
+
+def compile(spec, backend="auto", tune=False):
+    """Compile an ac.Attention spec for a backend ("auto" | "tvm" | "triton" | "reference")."""
+    return Kernel(spec, backend=backend, tune=tune)
+
+
+def reference(spec):
+    """The eager oracle for a spec: ``ac.reference(spec)(q, k, v, **tensors)``."""
+    return Kernel(spec, backend="reference")

@@ -1,0 +1,1 @@
+"""Ready-made attention families built on the DSL."""
