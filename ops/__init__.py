@@ -1,1 +1,18 @@
-"""Ready-made attention families built on the DSL."""
+"""Ready-made attention families built on the DSL, one module per family of PATTERNS.md,
+each with its spec constructors (drop-in nn.Modules arrive with the modules issue).
+
+``CATALOGUE`` lists one Entry per pattern; ``attncc demo`` and ``attncc check`` walk it.
+"""
+from . import axial, flash, linear, neighborhood, routing, sigmoid, stripes, window
+from ._catalogue import Entry
+
+FAMILIES = (flash, window, neighborhood, axial, stripes, routing, sigmoid, linear)
+CATALOGUE = tuple(e for fam in FAMILIES for e in fam.CATALOGUE)
+
+
+def entry(name):
+    """The catalogue entry called `name`."""
+    for e in CATALOGUE:
+        if e.name == name:
+            return e
+    raise KeyError(f"no catalogue entry {name!r}; known: {', '.join(e.name for e in CATALOGUE)}")
