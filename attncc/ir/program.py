@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -227,7 +227,6 @@ class Program:
     cost: Any = None              # Cost after the cost pass
     dtype: str = "float32"
     target: str = "reference"
-    log: tuple = field(default=(), compare=False)
 
     def replace(self, **kw):
         return dataclasses.replace(self, **kw)

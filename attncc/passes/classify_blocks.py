@@ -16,9 +16,13 @@ from ..ir.program import EMPTY, FULL, PARTIAL, BlockMap
 SLAB_ELEMENTS = 1 << 22
 
 
+ATOM = 16
+
+
 def atom(extent):
-    """Atom size along one local axis: the whole extent when small, else 16."""
-    return extent if extent <= 64 else 16
+    """Atom size along one local axis: 16, or the whole extent when it is small and not a
+    multiple of 16 (a 7x7 window is one atom of 49)."""
+    return extent if extent <= 64 and extent % ATOM else ATOM
 
 
 def split_static(expr, prog):

@@ -25,7 +25,7 @@ def _window2d(pred, dims):
 
     def tok(loc):
         rs, cs = gr * wr + S.fdiv(loc, wc), gc * wc + sympy.Mod(loc, wc)   # shifted frame
-        valid = sympy.And(rs < R, cs < C)
+        valid = sympy.And(rs < R if R % wr else T, cs < C if C % wc else T)
         r = sympy.Mod(rs + sr, R) if sr else rs
         c = sympy.Mod(cs + sc, C) if sc else cs
         return r * C + c, valid
@@ -74,7 +74,7 @@ def _stripes(pred, dims):
         ca = S.g * w + S.fdiv(loc, P)
         cs = list(Gr.coords(sympy.Mod(loc, P), rest)) if rest else []
         cs.insert(axis, ca)
-        return Gr.token(cs, grid), ca < grid[axis]
+        return Gr.token(cs, grid), (ca < grid[axis]) if grid[axis] % w else T
 
     qt, qv = tok(S.t)
     kt, kv = tok(S.u)
@@ -86,7 +86,9 @@ def _dilated(pred, dims):
     if r == 1:
         return None, False
     qt, kt = S.g + r * S.t, S.g + r * S.u
-    return Gather("dilated", r, -(-dims.N // r), -(-dims.M // r), qt, qt < dims.N, kt, kt < dims.M), False
+    qv = (qt < dims.N) if dims.N % r else T
+    kv = (kt < dims.M) if dims.M % r else T
+    return Gather("dilated", r, -(-dims.N // r), -(-dims.M // r), qt, qv, kt, kv), False
 
 
 def _routing(pred, dims):
