@@ -1,6 +1,10 @@
 """simplify_masks: drop the conjuncts of the residual mask that hold on every pair of every
-PARTIAL tile (FULL tiles never evaluate the mask, EMPTY tiles are never visited), so kernels
-evaluate only what can still be false. A group with no PARTIAL tile needs no mask at all."""
+PARTIAL atom, so kernels evaluate only what can still be false.
+
+Contract for backends: the residual is exact on PARTIAL atoms; pairs in FULL atoms are
+unmasked and pairs in EMPTY atoms masked, whatever the residual says there (a plan tile that
+mixes FULL and EMPTY atoms masks by atom class). A group with no PARTIAL atom gets the
+residual `true`."""
 import numpy as np
 import sympy
 

@@ -114,9 +114,13 @@ class _Group:
         Bk, _, Tk, _ = self.ktok.shape
         tsel = tl[:, :, None] if Tk > 1 else torch.zeros(1, 1, 1, dtype=torch.long, device=dev)
         kt = self.ktok[:, g[:, None, None], tsel, ul[:, None, :]]          # [Bk, n, Tk, Kn]
-        full = torch.as_tensor(self.tiles[gs[:, None], qs[:, None], ks] == FULL, device=dev)
-        full = full[:, :, None].expand(-1, -1, self.bn).reshape(len(gs), -1)
-        return g, tl, ul, qt, qok, kt, full
+        # the atom class of every (query, key) of the batch: masks are exact per atom
+        aq, ak = self.grp.blocks.atom
+        atoms = torch.as_tensor(self.grp.blocks.classes, device=dev)
+        nqa, nka = atoms.shape[1:]
+        cls = atoms[g[:, None, None], (tl // aq).clamp(max=nqa - 1)[:, :, None],
+                    (ul // ak).clamp(max=nka - 1)[:, None, :]]             # [n, bm, Kn]
+        return g, tl, ul, qt, qok, kt, cls
 
     def take(self, x, tok):
         """x [B, Hg, L, e] at tokens tok [Bk, n, Tk, Kn] -> [B, Hg, n, Tk, Kn, e]."""
@@ -127,20 +131,24 @@ class _Group:
             y = xt[torch.arange(xt.shape[0], device=x.device).view(-1, 1, 1, 1), tok]
         return y.permute(0, 4, 1, 2, 3, 5)
 
-    def mask(self, g, tl, ul, full, kt, any_partial):
-        """Boolean [B|1, Hg|1, n, bm, Kn]: padding, FULL tiles, the residual on PARTIAL ones."""
+    def mask(self, g, tl, ul, cls, kt):
+        """Boolean [B|1, Hg|1, n, bm, Kn]: padding, then per atom: FULL -> true, EMPTY -> false,
+        PARTIAL -> the residual mask (exact there, by simplify_masks' contract)."""
         gat = self.grp.gather
         pad = (tl < gat.Lq)[:, :, None] & (ul < gat.Lk)[:, None, :]
-        m = pad[None, None]
+        m = (pad & (cls == FULL))[None, None]
+        partial = (pad & (cls == PARTIAL))[None, None]
         res = self.grp.residual
-        if any_partial and res is not sympy.true:
+        if bool(partial.any()):
+            if res is sympy.true:
+                return m | partial
             env = {S.b: torch.arange(self.prog.dims.B, device=g.device).view(-1, 1, 1, 1, 1),
                    S.h: self.heads.view(1, -1, 1, 1, 1), S.g: g.view(1, 1, -1, 1, 1),
                    S.t: tl[None, None, :, :, None], S.u: ul[None, None, :, None, :], **self.env}
-            r = evaluate(res, env, self.ops, valid=m)
+            r = evaluate(res, env, self.ops, valid=partial)
             if not isinstance(r, torch.Tensor):
                 r = torch.tensor(bool(r), device=g.device)
-            m = m & (full[None, None, :, None, :] | r)
+            m = m | (partial & r)
         return m
 
     def scores(self, Q, K, g, tl, qt, kt, m):
@@ -164,13 +172,12 @@ class _Group:
         for c, gs, qs, ks in self.batches(self.items((PARTIAL, FULL)), width):
             if c == 0:
                 continue                    # rows with no key: output 0, lse -inf
-            g, tl, ul, qt, qok, kt, full = self.indices(gs, qs, ks)
-            any_partial = bool((self.tiles[gs[:, None], qs[:, None], ks] == PARTIAL).any())
+            g, tl, ul, qt, qok, kt, cls = self.indices(gs, qs, ks)
             Q = q[:, :, qt]                                     # [B, Hg, n, bm, d]
             K, V = self.take(k, kt), self.take(v, kt)           # [B, Hg, n, Tk, Kn, e]
             if not per_query:
                 K, V = K[:, :, :, 0], V[:, :, :, 0]
-            m = self.mask(g, tl, ul, full, kt, any_partial)
+            m = self.mask(g, tl, ul, cls, kt)
             s = self.scores(Q, K, g, tl, qt, kt, m)
             w, l = self.normalize(s, m, qt, kt)
             o = (w @ V) if V.dim() == 5 else torch.einsum("bhnqk,bhnqkd->bhnqd", w, V)
@@ -219,7 +226,7 @@ class _Group:
                    for g, qi, ks in zip(gs, qs, kss)}
         width = max(q.shape[-1], v.shape[-1])
         for c, gs, qs, ks in self.batches(self.items((PARTIAL,)), width):
-            g, tl, ul, qt, qok, kt, _ = self.indices(gs, qs, ks)
+            g, tl, ul, qt, qok, kt, cls = self.indices(gs, qs, ks)
             Q = pq[:, :, qt]                                                # [B, Hg, n, bm, d]
             F = torch.zeros(len(gs), nK, dtype=q.dtype)
             for r, (gg, qi) in enumerate(zip(gs, qs)):
@@ -233,7 +240,7 @@ class _Group:
             num = Q @ Ssum
             den = (Q * zs[:, :, :, None, :]).sum(-1)
             if c:
-                m = self.mask(g, tl, ul, torch.zeros_like(ul, dtype=torch.bool), kt, True)
+                m = self.mask(g, tl, ul, cls, kt)
                 K, V = self.take(pk, kt)[:, :, :, 0], self.take(v, kt)[:, :, :, 0]
                 a = (Q @ K.transpose(-1, -2)) * m
                 num = num + a @ V
