@@ -60,7 +60,10 @@ def eval_tiles(expr, prog, grp, on_tile):
             acc_all, acc_any = None, None
             for b in bs:
                 for h in hs:
-                    v = evaluate(expr, local_env(prog, gat, g, t, u, b, h))
+                    env = local_env(prog, gat, g, t, u, b, h)
+                    # tables are read only where both tokens exist (padding may index past them)
+                    valid = np.asarray(evaluate(sympy.And(gat.q_valid, gat.k_valid), env), dtype=bool)
+                    v = evaluate(expr, env, valid=valid)
                     v = np.broadcast_to(np.asarray(v, dtype=bool), (g.shape[0], t.shape[1], gat.Lk))
                     acc_all = v if acc_all is None else acc_all & v
                     acc_any = v if acc_any is None else acc_any | v

@@ -31,6 +31,11 @@ def _routing_mask(pro, q, k, scale):
     return aff >= kth                                                       # [B, S^2, S^2]
 
 
+def _like(x, ref):
+    x = torch.as_tensor(x, dtype=ref.dtype)
+    return x.expand(torch.broadcast_shapes(x.shape, ref.shape))
+
+
 def dense_attention(prog, q, k, v, captured=None, return_lse=False, dtype=torch.float64):
     """Textbook attention for a canonicalized Program; returns out (and lse) in `dtype`."""
     captured = captured or {}
@@ -57,7 +62,7 @@ def dense_attention(prog, q, k, v, captured=None, return_lse=False, dtype=torch.
             continue
         s = prog.scale * qh @ kh.transpose(-1, -2)
         if prog.score != S.score:
-            s = torch.as_tensor(evaluate(prog.score, {**idx, **env, S.score: s}, ops, valid=m)).expand_as(s)
+            s = _like(evaluate(prog.score, {**idx, **env, S.score: s}, ops, valid=m), s)
         sm = s.masked_fill(~m, -float("inf"))
         l = torch.logsumexp(sm, dim=-1)                                      # -inf on empty rows
         if prog.norm.kind == "softmax":
@@ -65,7 +70,7 @@ def dense_attention(prog, q, k, v, captured=None, return_lse=False, dtype=torch.
         else:
             w = torch.where(m, torch.sigmoid(s + prog.norm.bias), 0)
         for post in prog.post:
-            w = torch.where(m, torch.as_tensor(evaluate(post, {**idx, **env, S.weight: w}, ops, valid=m)), 0)
+            w = torch.where(m, _like(evaluate(post, {**idx, **env, S.weight: w}, ops, valid=m), w), 0)
         out[:, hs] = w @ vh
         lse[:, hs] = l
     return (out, lse) if return_lse else out

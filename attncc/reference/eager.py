@@ -48,6 +48,13 @@ def run(prog, q, k, v, captured, return_lse=False, dtype=torch.float32):
     return (out.to(q.dtype), lse) if return_lse else out.to(q.dtype)
 
 
+def _like(x, ref):
+    """An evaluated expression as a tensor of ref's dtype, broadcast against ref (an
+    expression may not depend on every index, or on the score at all)."""
+    x = torch.as_tensor(x, dtype=ref.dtype, device=ref.device)
+    return x.expand(torch.broadcast_shapes(x.shape, ref.shape))
+
+
 class _Group:
     def __init__(self, prog, grp, ops, env):
         self.prog, self.grp, self.ops, self.env = prog, grp, ops, env
@@ -70,6 +77,7 @@ class _Group:
         ktok = self._ev(gat.k_token, kenv, shape, tables=True, valid=real)
         kok = self._ev(gat.k_valid, kenv, shape, tables=True, valid=real) & real
         self.ktok = torch.where(kok, ktok, 0).clamp(0, prog.dims.M - 1)
+        self.kok = kok
         self.qtok = torch.where(self.qok, self.qtok, 0).clamp(0, prog.dims.N - 1)
         self.heads = torch.tensor(grp.heads, device=dev)
 
@@ -114,12 +122,14 @@ class _Group:
         Bk, _, Tk, _ = self.ktok.shape
         tsel = tl[:, :, None] if Tk > 1 else torch.zeros(1, 1, 1, dtype=torch.long, device=dev)
         kt = self.ktok[:, g[:, None, None], tsel, ul[:, None, :]]          # [Bk, n, Tk, Kn]
+        kok = self.kok[:, g[:, None, None], tsel, ul[:, None, :]]
         # the atom class of every (query, key) of the batch: masks are exact per atom
         aq, ak = self.grp.blocks.atom
-        atoms = torch.as_tensor(self.grp.blocks.classes, device=dev)
+        atoms = torch.tensor(self.grp.blocks.classes, device=dev)
         nqa, nka = atoms.shape[1:]
         cls = atoms[g[:, None, None], (tl // aq).clamp(max=nqa - 1)[:, :, None],
                     (ul // ak).clamp(max=nka - 1)[:, None, :]]             # [n, bm, Kn]
+        self.tokens_ok = qok[None, None, :, :, None] & kok[:, None]       # [Bk, 1, n, bm|1, Kn]
         return g, tl, ul, qt, qok, kt, cls
 
     def take(self, x, tok):
@@ -145,7 +155,7 @@ class _Group:
             env = {S.b: torch.arange(self.prog.dims.B, device=g.device).view(-1, 1, 1, 1, 1),
                    S.h: self.heads.view(1, -1, 1, 1, 1), S.g: g.view(1, 1, -1, 1, 1),
                    S.t: tl[None, None, :, :, None], S.u: ul[None, None, :, None, :], **self.env}
-            r = evaluate(res, env, self.ops, valid=partial)
+            r = evaluate(res, env, self.ops, valid=partial & self.tokens_ok)
             if not isinstance(r, torch.Tensor):
                 r = torch.tensor(bool(r), device=g.device)
             m = m | (partial & r)
@@ -158,7 +168,7 @@ class _Group:
             env = {S.score: s, S.b: torch.arange(s.shape[0], device=s.device).view(-1, 1, 1, 1, 1),
                    S.h: self.heads.view(1, -1, 1, 1, 1), S.i: qt[None, None, :, :, None],
                    S.j: kt[:, None], **self.env}
-            s = evaluate(self.prog.score, env, self.ops, valid=m)
+            s = _like(evaluate(self.prog.score, env, self.ops, valid=m), s)
         return s
 
     def run(self, q, k, v):
@@ -202,7 +212,7 @@ class _Group:
                    S.h: self.heads.view(1, -1, 1, 1, 1), S.i: qt[None, None, :, :, None],
                    S.j: kt[:, None], **self.env}
             for post in self.prog.post:
-                w = torch.where(m, evaluate(post, {**env, S.weight: w}, self.ops, valid=m), 0.0)
+                w = torch.where(m, _like(evaluate(post, {**env, S.weight: w}, self.ops, valid=m), w), 0.0)
         return w, lse
 
     def run_linear(self, q, k, v, out, lse):
