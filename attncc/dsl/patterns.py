@@ -347,11 +347,17 @@ def block_sparse(layout, block):
     block = C.int_tuple("block", block, length=2, min=1, what=w)
     try:
         arr = np.asarray(layout)
+    except ValueError as e:
+        raise ValueError(f"block_sparse: the layout's rows have different lengths ({e}); give a rectangular "
+                         "[N/bq, M/bk] or [H, N/bq, M/bk] layout") from None
     except Exception as e:
         raise TypeError(f"block_sparse: layout must be array-like of bools, got {type(layout).__name__}") from e
     if arr.dtype != bool:
-        if arr.dtype.kind not in "iu" or not np.isin(arr, (0, 1)).all():
+        if arr.dtype.kind not in "iu":
             raise TypeError(f"block_sparse: layout must hold bools (or 0/1), got dtype {arr.dtype}")
+        bad = sorted(set(np.unique(arr).tolist()) - {0, 1})
+        if bad:
+            raise ValueError(f"block_sparse: layout must hold bools (or 0/1), got the values {bad[:5]}")
         arr = arr.astype(bool)
     if arr.ndim not in (2, 3) or 0 in arr.shape:
         raise ValueError(f"block_sparse: layout must be [N/bq, M/bk] or [H, N/bq, M/bk], got shape {arr.shape}")

@@ -56,7 +56,10 @@ class Attention:
         score_mods = _tuple_of(score_mods, ScoreMod, "score_mods")
         post_mods = _tuple_of(post_mods, PostMod, "post_mods")
         if scale is not None:
-            if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not scale > 0:
+            if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+                raise TypeError(f"Attention: scale must be a number or None (d ** -0.5), got "
+                                f"{type(scale).__name__} ({scale!r})")
+            if not scale > 0:
                 raise ValueError(f"Attention: scale must be a positive number or None (d ** -0.5), got {scale!r}")
             scale = float(scale)
         for k, v in (("pattern", pattern), ("normalizer", normalizer), ("score_mods", score_mods),
@@ -66,6 +69,10 @@ class Attention:
 
     def _validate(self):
         ctx = self.context()                      # raises on inconsistent grids
+        routes = sorted({repr(p) for p in self.pattern.leaves() if isinstance(p, P.Routing)})
+        if len(routes) > 1:
+            raise ValueError(f"Attention: one spec may route only one way, got {', '.join(routes)}; keep one "
+                             "routing pattern")
         for hs, pat in P.split_heads(self.pattern):
             pat.preds()                           # raises on invalid compositions
         if isinstance(self.normalizer, Linear):

@@ -48,6 +48,16 @@ def _num(e, op):
     return e
 
 
+def _integral(e):
+    """False when an index expression is certainly not an integer (a fraction or a float
+    outside floor()); None-valued sympy assumptions (a table read, say) are let through."""
+    if e.is_integer is False:
+        return False
+    stripped = e.replace(sympy.floor, lambda *a: sympy.Integer(0))
+    return not any(isinstance(x, sympy.Float) or (x.is_Rational and not x.is_Integer)
+                   for x in stripped.atoms(sympy.Number))
+
+
 def _where(c, a, b):
     c, a, b = _bool(_unwrap(c)), _unwrap(a), _unwrap(b)
     if _is_bool(a) and _is_bool(b):
@@ -174,6 +184,10 @@ class Captured(_Traceable):
                 raise TraceError(f"captured tensor {self.name!r} must be indexed by scalar expressions, "
                                  f"not {x!r}")
         args = [_num(_unwrap(x), None) for x in idx]
+        for a in args:
+            if not _integral(a):
+                raise TraceError(f"captured tensor {self.name!r} is indexed by {a}, which is not an integer "
+                                 "expression; use // for integer division")
         return Sym(S.table(self.name)[tuple(args)])
 
     def __bool__(self):
@@ -213,4 +227,8 @@ def trace(fn, args, captured, what):
         raise TraceError(f"{what}: tracing the function failed with {type(e).__name__}: {e}. "
                          "attncc traces arithmetic, comparisons, & | ~, captured-tensor indexing and "
                          f"{', '.join('torch.' + n for n in sorted(_TORCH))}") from e
-    return _unwrap(out)
+    expr = _unwrap(out)
+    if expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+        raise TraceError(f"{what}: the expression {expr} divides by zero or takes log(0) for every input; "
+                         "check the function")
+    return expr

@@ -203,6 +203,9 @@ class Evaluator:
                                     f"size {size} (in {e})")
                 idx.append(int(x))
                 continue
+            if not self.ops.is_int(x):
+                raise EvalError(f"tensor {name!r} is indexed by non-integer values on dim {d} (in {e}); "
+                                "use // for integer division")
             bad = (x < 0) | (x >= size)
             if self.valid is not None:
                 bad = bad & self.valid

@@ -28,7 +28,9 @@ class TilePlan:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"TilePlan.{f.name} must be a positive int, got {type(v).__name__} ({v!r})")
+            if v < 1:
                 raise ValueError(f"TilePlan.{f.name} must be a positive int, got {v!r}")
 
     def to_json(self):
@@ -37,6 +39,8 @@ class TilePlan:
     @classmethod
     def from_json(cls, text):
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"TilePlan JSON must be an object of knobs, got {text[:80]!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         extra = set(data) - known
         if extra:
