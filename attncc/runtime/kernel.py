@@ -76,9 +76,10 @@ class Kernel:
         heads = [h for hs, _ in getattr(self.spec.pattern, "branches", ()) for h in hs]
         return Dims(B=1, H=max(heads) + 1 if heads else 2, N=n, M=n, d=64, dv=64)
 
-    def explain(self, dims=None, dtype=None, file=sys.stdout):
+    def explain(self, dims=None, dtype=None, file="stdout"):
         """Print (and return) the IR after each pass, the plan and the cost, for `dims` (a Dims),
-        else the last call's shapes, else a default shape for the pattern."""
+        else the last call's shapes, else a default shape for the pattern. file=None only
+        returns the text."""
         if dims is None and self._last is not None:
             dims, last_dtype = self._last
             dtype = dtype or last_dtype
@@ -90,7 +91,7 @@ class Kernel:
                 "generated source: none (the eager reference backend interprets the IR)"]
         text = "\n".join(head) + "\n" + low.explain()
         if file is not None:
-            print(text, file=file)
+            print(text, file=sys.stdout if file == "stdout" else file)
         return text
 
 
