@@ -48,12 +48,18 @@ def _num(e, op):
     return e
 
 
+def _floordiv(a, b):
+    if b.is_Integer and b > 0 and a.is_integer:
+        return S.fdiv(a, b)
+    return sympy.floor(a / b)
+
+
 def _integral(e):
     """False when an index expression is certainly not an integer (a fraction or a float
     outside floor()); None-valued sympy assumptions (a table read, say) are let through."""
     if e.is_integer is False:
         return False
-    stripped = e.replace(sympy.floor, lambda *a: sympy.Integer(0))
+    stripped = e.replace(sympy.floor, lambda *a: sympy.Integer(0)).replace(S.FloorDiv, lambda *a: sympy.Integer(0))
     return not any(isinstance(x, sympy.Float) or (x.is_Rational and not x.is_Integer)
                    for x in stripped.atoms(sympy.Number))
 
@@ -124,8 +130,8 @@ class Sym(_Traceable):
     __rmul__ = lambda s, o: s._bin(o, lambda a, b: a * b, True)
     __truediv__ = lambda s, o: s._bin(o, lambda a, b: a / b)
     __rtruediv__ = lambda s, o: s._bin(o, lambda a, b: a / b, True)
-    __floordiv__ = lambda s, o: s._bin(o, lambda a, b: sympy.floor(a / b))
-    __rfloordiv__ = lambda s, o: s._bin(o, lambda a, b: sympy.floor(a / b), True)
+    __floordiv__ = lambda s, o: s._bin(o, _floordiv)
+    __rfloordiv__ = lambda s, o: s._bin(o, _floordiv, True)
     __mod__ = lambda s, o: s._bin(o, sympy.Mod)
     __rmod__ = lambda s, o: s._bin(o, sympy.Mod, True)
     __pow__ = lambda s, o: s._bin(o, lambda a, b: a ** b)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
+from . import symbols as S
+
 
 class EvalError(ValueError):
     """An expression could not be evaluated on the given inputs (a user-facing message)."""
@@ -106,6 +108,11 @@ class Evaluator:
             if ex == sympy.Rational(1, 2):
                 return self._fn(ops.sqrt, self(base))
             return ops.pow(self(base), self(ex))
+        if isinstance(e, S.FloorDiv):
+            a, q = self(e.args[0]), self(e.args[1])
+            if _is_scalar(a) and _is_scalar(q):
+                return int(a) // int(q)
+            return ops.floor_divide(a, q)
         if isinstance(e, sympy.floor):
             num, den = sympy.fraction(sympy.together(e.args[0]))
             if den.is_Integer:

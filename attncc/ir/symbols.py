@@ -25,9 +25,27 @@ TOKEN = (b, h, i, j)
 LOCAL = (b, h, g, t, u)
 
 
+class FloorDiv(sympy.Function):
+    """Integer floor division ``a // q`` of an integer expression by a positive integer: an IR
+    node of its own (sympy's floor(a / q) rewrites itself into forms that are slow to build
+    and awkward to print for a target)."""
+    nargs = 2
+    is_integer = True
+
+    @classmethod
+    def eval(cls, a, q):
+        if a.is_Integer and q.is_Integer:
+            return sympy.Integer(int(a) // int(q))
+        if q == 1:
+            return a
+
+    def _sympystr(self, printer):
+        return f"({printer._print(self.args[0])} // {printer._print(self.args[1])})"
+
+
 def fdiv(a, n):
     """Floor division of integer expressions, as an IR expression."""
-    return sympy.floor(sympy.sympify(a) / n)
+    return FloorDiv(sympy.sympify(a), sympy.sympify(n))
 
 
 def table(name):

@@ -139,6 +139,7 @@ def gather(prog):
             _, n, gat, implied = best
             keep = tuple(p for m, p in enumerate(grp.preds) if not (m == n and implied))
         local = {S.i: gat.q_token, S.j: gat.k_token}
-        residual = sympy.And(gat.q_valid, gat.k_valid, *(p.expr.xreplace(local) for p in keep))
+        with sympy.evaluate(False):        # plain substitution: sympy's auto-simplification is slow here
+            residual = sympy.And(gat.q_valid, gat.k_valid, *(p.expr.xreplace(local) for p in keep))
         prog = prog.with_group(k, gather=gat, residual=residual)
     return prog
