@@ -11,11 +11,13 @@ from .dsl.patterns import (axial, block_sparse, causal, dilated, full, mask, nei
 from .dsl.spec import Attention
 from .ir.plan import TilePlan
 from .runtime.kernel import Kernel, compile, reference
+from . import nn
+from .swap import swap
 from .version import __version__
 
 __all__ = [
     "Attention", "Kernel", "TilePlan", "alibi", "axial", "block_sparse", "causal", "clipped", "compile",
     "decay2d", "dilated", "full", "linear", "mask", "neighborhood2d", "per_head", "reference",
     "rel_pos_bias", "routing", "score_mod", "sigmoid", "sliding_window", "softcap", "softmax", "stripes",
-    "window2d", "__version__",
+    "window2d", "nn", "swap", "__version__",
 ]

@@ -1,0 +1,180 @@
+"""Drop-in modules: ``attncc.nn.MultiheadAttention`` for torch.nn.MultiheadAttention.
+
+It subclasses torch's module, so the constructor, attributes, parameters and state_dict keys
+are torch's own (a torch checkpoint loads unchanged); the forward runs the attention core
+through an attncc kernel. The per-call masks become part of the spec: a bool mask becomes an
+``ac.mask`` over a captured tensor (exact masking), a float mask an additive
+``ac.score_mod``; ``spec=`` picks the pattern, normalizer and modifiers (default: full
+softmax), ``backend=`` the backend.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .dsl import patterns as P
+from .dsl.modifiers import score_mod
+from .dsl.spec import Attention
+from .runtime.kernel import compile as ac_compile
+
+WEIGHT_CHUNK = 256      # identity columns per pass when need_weights asks for the weights
+
+
+def _mask_terms(attn_mask, kpm, num_heads):
+    """(extra patterns, extra score mods, tensors) expressing torch's masks in the DSL."""
+    pats, mods, tensors = [], [], {}
+    if attn_mask is not None:
+        tensors["attn_mask"] = attn_mask
+        if attn_mask.dim() == 2:
+            idx = lambda b, h, q, k, m: m[q, k]
+        else:                                          # [B * H, L, S]
+            idx = lambda b, h, q, k, m: m[b * num_heads + h, q, k]
+        if attn_mask.dtype == torch.bool:
+            pats.append(P.mask(lambda b, h, q, k, attn_mask: idx(b, h, q, k, attn_mask) == 0))
+        else:
+            mods.append(score_mod(lambda s, b, h, q, k, attn_mask: s + idx(b, h, q, k, attn_mask)))
+    if kpm is not None:
+        tensors["key_padding_mask"] = kpm
+        if kpm.dtype == torch.bool:
+            pats.append(P.mask(lambda b, h, q, k, key_padding_mask: key_padding_mask[b, k] == 0))
+        else:
+            mods.append(score_mod(lambda s, b, h, q, k, key_padding_mask: s + key_padding_mask[b, k]))
+    return pats, mods, tensors
+
+
+class MultiheadAttention(torch.nn.MultiheadAttention):
+    """torch.nn.MultiheadAttention with the attention core compiled by attncc.
+
+    Same constructor (plus keyword-only ``spec`` and ``backend``), attributes, forward
+    signature, return values and state_dict keys as torch's. ``spec`` (an ac.Attention, default
+    full softmax) replaces the attention pattern; torch's attn_mask / key_padding_mask /
+    is_causal are applied on top of it. need_weights=True returns the weights the spec
+    computes (torch's softmax weights for the default spec). A row whose keys are all masked
+    gives 0 (torch gives NaN).
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
+                 kdim=None, vdim=None, batch_first=False, device=None, dtype=None, *, spec=None, backend="auto"):
+        super().__init__(embed_dim, num_heads, dropout=dropout, bias=bias, add_bias_kv=add_bias_kv,
+                         add_zero_attn=add_zero_attn, kdim=kdim, vdim=vdim, batch_first=batch_first,
+                         device=device, dtype=dtype)
+        if spec is not None and not isinstance(spec, Attention):
+            raise TypeError(f"spec must be an ac.Attention, got {type(spec).__name__} ({spec!r})")
+        self.spec = spec if spec is not None else Attention()
+        self.backend = backend
+        self._kernels = {}
+        # a forward pre-hook keeps nn.TransformerEncoderLayer off its fused fast path, which
+        # would bypass this module's forward (torch checks for hooks before taking it)
+        self.register_forward_pre_hook(lambda module, args: None)
+
+    @classmethod
+    def from_torch(cls, mha, spec=None, backend="auto"):
+        """A copy of a torch.nn.MultiheadAttention (weights included) running on attncc."""
+        new = cls(mha.embed_dim, mha.num_heads, dropout=mha.dropout, bias=mha.in_proj_bias is not None,
+                  add_bias_kv=mha.bias_k is not None, add_zero_attn=mha.add_zero_attn, kdim=mha.kdim,
+                  vdim=mha.vdim, batch_first=mha.batch_first, spec=spec, backend=backend)
+        new.load_state_dict(mha.state_dict())
+        p = next(mha.parameters(), None)
+        if p is not None:
+            new.to(device=p.device, dtype=p.dtype)
+        new.train(mha.training)
+        return new
+
+    def kernel(self, attn_mask=None, key_padding_mask=None, causal=False):
+        """The compiled kernel for this module's spec plus the given mask kinds (cached)."""
+        sig = tuple(None if m is None else (m.dim(), m.dtype == torch.bool) for m in (attn_mask, key_padding_mask))
+        key = (sig, causal)
+        kern = self._kernels.get(key)
+        if kern is None:
+            pats, mods, _ = _mask_terms(attn_mask, key_padding_mask, self.num_heads)
+            pattern = self.spec.pattern
+            for p in ([P.causal()] if causal else []) + pats:
+                pattern = pattern & p
+            spec = Attention(pattern, self.spec.normalizer, self.spec.score_mods + tuple(mods),
+                             self.spec.post_mods, self.spec.scale)
+            kern = self._kernels[key] = ac_compile(spec, backend=self.backend)
+        return kern
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint (as torch.nn.MultiheadAttention); "
+                               "pass the causal mask, e.g. nn.Transformer.generate_square_subsequent_mask(L)")
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif self.batch_first:
+            query, key, value = (x.transpose(0, 1) for x in (query, key, value))
+        L, B, E = query.shape
+        H, hd = self.num_heads, self.head_dim
+        if self._qkv_same_embed_dim:
+            w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        else:
+            w_q, w_k, w_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        b_q = b_k = b_v = None
+        if self.in_proj_bias is not None:
+            b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        q, k, v = F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+        if attn_mask is not None and attn_mask.dim() == 3 and attn_mask.shape[0] != B * H:
+            raise RuntimeError(f"attn_mask of shape {tuple(attn_mask.shape)} must be [L, S] or "
+                               f"[batch * num_heads, L, S] = [{B * H}, {L}, {key.shape[0]}]")
+        if self.bias_k is not None:
+            k = torch.cat([k, self.bias_k.repeat(1, B, 1)])
+            v = torch.cat([v, self.bias_v.repeat(1, B, 1)])
+            attn_mask, key_padding_mask = _pad_masks(attn_mask, key_padding_mask)
+        # [S, B, E] -> [B, H, S, hd]
+        q, k, v = (x.reshape(x.shape[0], B, H, hd).permute(1, 2, 0, 3) for x in (q, k, v))
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(B, H, 1, hd)], dim=2)
+            v = torch.cat([v, v.new_zeros(B, H, 1, hd)], dim=2)
+            attn_mask, key_padding_mask = _pad_masks(attn_mask, key_padding_mask)
+        causal = bool(is_causal) and key_padding_mask is None
+        kern = self.kernel(attn_mask, key_padding_mask, causal)
+        tensors = {}
+        if attn_mask is not None:
+            tensors["attn_mask"] = attn_mask.to(q.dtype) if attn_mask.is_floating_point() else attn_mask
+        if key_padding_mask is not None:
+            tensors["key_padding_mask"] = (key_padding_mask.to(q.dtype) if key_padding_mask.is_floating_point()
+                                           else key_padding_mask)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights or dropout > 0:
+            weights = self._weights(kern, q, k, tensors)                  # [B, H, L, S]
+            if dropout > 0:     # as torch: dropout on the weights, which are also returned
+                weights = F.dropout(weights.reshape(B * H, L, -1), p=dropout).view_as(weights)
+            out = weights @ v
+        else:
+            out = kern(q, k, v, **tensors)
+        out = out.permute(2, 0, 1, 3).reshape(L, B, E)
+        out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
+        if self.batch_first and batched:
+            out = out.transpose(0, 1)
+        if not batched:
+            out = out.squeeze(1)
+        if not need_weights:
+            return out, None
+        if average_attn_weights:
+            weights = weights.mean(dim=1)
+        if not batched:
+            weights = weights.squeeze(0)
+        return out, weights
+
+    def _weights(self, kern, q, k, tensors):
+        """The spec's attention weights [B, H, L, S]: the kernel applied to identity values, a
+        chunk of key columns at a time (weights are what multiplies v, whatever the normalizer)."""
+        B, H, S = k.shape[0], k.shape[1], k.shape[2]
+        cols = []
+        for c0 in range(0, S, WEIGHT_CHUNK):
+            eye = torch.eye(S, dtype=q.dtype, device=q.device)[:, c0:c0 + WEIGHT_CHUNK]
+            cols.append(kern(q, k, eye.expand(B, H, S, eye.shape[1]), **tensors))
+        return torch.cat(cols, dim=-1)
+
+
+def _pad_masks(attn_mask, kpm):
+    if attn_mask is not None:
+        attn_mask = F.pad(attn_mask, (0, 1))
+    if kpm is not None:
+        kpm = F.pad(kpm, (0, 1))
+    return attn_mask, kpm

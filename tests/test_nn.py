@@ -1,0 +1,199 @@
+"""ac.nn.MultiheadAttention against torch.nn.MultiheadAttention (outputs, weights, gradients,
+state_dict), and ac.swap on whole models (the attncc kernel must actually run)."""
+import pytest
+import torch
+
+import attncc as ac
+import attncc.runtime.kernel as K
+
+
+def pair(E=32, H=4, **kw):
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(E, H, **kw)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn_like(p))       # non-trivial biases too
+    ours = ac.nn.MultiheadAttention.from_torch(ref, backend="reference")
+    return ref, ours
+
+
+def inputs(L=7, S=9, B=3, E=32, kdim=None, vdim=None, batch_first=False):
+    shape = (lambda n, e: (B, n, e)) if batch_first else (lambda n, e: (n, B, e))
+    return torch.randn(shape(L, E)), torch.randn(shape(S, kdim or E)), torch.randn(shape(S, vdim or E))
+
+
+def close(a, b):
+    if a is None or b is None:
+        assert a is None and b is None
+        return
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
+
+
+def causal_bool(L, S):
+    return torch.ones(L, S, dtype=torch.bool).triu(1)
+
+
+CASES = {
+    "plain": ({}, {}),
+    "batch_first": ({"batch_first": True}, {}),
+    "kpm_bool": ({}, {"key_padding_mask": "kpm_bool"}),
+    "kpm_float": ({}, {"key_padding_mask": "kpm_float"}),
+    "mask_bool_2d": ({}, {"attn_mask": "bool2"}),
+    "mask_float_2d": ({}, {"attn_mask": "float2"}),
+    "mask_bool_3d": ({}, {"attn_mask": "bool3"}),
+    "mask_float_3d_and_kpm": ({}, {"attn_mask": "float3", "key_padding_mask": "kpm_bool"}),
+    "is_causal": ({}, {"attn_mask": "causal", "is_causal": True}),
+    "no_weights": ({}, {"need_weights": False}),
+    "per_head_weights": ({}, {"average_attn_weights": False}),
+    "kdim_vdim": ({"kdim": 12, "vdim": 20}, {}),
+    "add_bias_kv": ({"add_bias_kv": True}, {"key_padding_mask": "kpm_bool", "attn_mask": "float2"}),
+    "add_zero_attn": ({"add_zero_attn": True}, {"attn_mask": "bool2"}),
+    "no_bias": ({"bias": False}, {}),
+}
+
+
+def materialise(args, L, S, B, H):
+    out = dict(args)
+    gen = {"kpm_bool": lambda: torch.rand(B, S) < 0.3,
+           "kpm_float": lambda: torch.randn(B, S),
+           "bool2": lambda: (torch.rand(L, S) < 0.3) & ~torch.eye(L, S, dtype=torch.bool),
+           "float2": lambda: torch.randn(L, S),
+           "bool3": lambda: (torch.rand(B * H, L, S) < 0.3) & ~torch.eye(L, S, dtype=torch.bool),
+           "float3": lambda: torch.randn(B * H, L, S),
+           "causal": lambda: causal_bool(L, S)}
+    for k in ("key_padding_mask", "attn_mask"):
+        if k in out:
+            out[k] = gen[out[k]]()
+    if "key_padding_mask" in out and out["key_padding_mask"].dtype == torch.bool:
+        out["key_padding_mask"][:, 0] = False          # torch gives NaN for fully masked rows
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_forward_and_gradients_equal_torch(name):
+    ctor, call = CASES[name]
+    L, S, B, H = 7, 9 if name != "is_causal" else 7, 3, 4
+    ref, ours = pair(**ctor)
+    q, k, v = inputs(L, S, B, kdim=ctor.get("kdim"), vdim=ctor.get("vdim"), batch_first=ctor.get("batch_first", False))
+    if name == "is_causal":
+        k, v = q.clone(), q.clone()
+    kwargs = materialise(call, L, S, B, H)
+    for x in (q, k, v):
+        x.requires_grad_(True)
+    o1, w1 = ref(q, k, v, **kwargs)
+    g1 = torch.autograd.grad(o1.square().sum(), [q, k, v] + list(ref.parameters()))
+    o2, w2 = ours(q, k, v, **kwargs)
+    g2 = torch.autograd.grad(o2.square().sum(), [q, k, v] + list(ours.parameters()))
+    close(o2, o1)
+    close(w2, w1)
+    for a, b in zip(g2, g1):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_state_dict_and_attributes_are_torchs():
+    ref = torch.nn.MultiheadAttention(32, 4, kdim=12, vdim=20, add_bias_kv=True)
+    ours = ac.nn.MultiheadAttention(32, 4, kdim=12, vdim=20, add_bias_kv=True, backend="reference")
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    for attr in ("embed_dim", "num_heads", "head_dim", "batch_first", "kdim", "vdim", "_qkv_same_embed_dim", "dropout"):
+        assert getattr(ours, attr) == getattr(ref, attr)
+    assert isinstance(ours, torch.nn.MultiheadAttention)
+
+
+def test_unbatched_input():
+    ref, ours = pair()
+    x = torch.randn(5, 32)
+    o1, w1 = ref(x, x, x)
+    o2, w2 = ours(x, x, x)
+    close(o2, o1)
+    close(w2, w1)
+
+
+def test_dropout_in_training_matches_torchs_weights_path():
+    ref, ours = pair(dropout=0.3)
+    ref.train(), ours.train()
+    q, k, v = inputs()
+    torch.manual_seed(5)
+    o1, w1 = ref(q, k, v, need_weights=True)
+    torch.manual_seed(5)
+    o2, w2 = ours(q, k, v, need_weights=True)
+    close(o2, o1)
+    close(w2, w1)
+
+
+def test_spec_changes_the_pattern():
+    ref, _ = pair()
+    ours = ac.nn.MultiheadAttention.from_torch(ref, spec=ac.Attention(ac.sliding_window(2, 2)), backend="reference")
+    x = torch.randn(10, 2, 32)
+    band = (torch.arange(10)[:, None] - torch.arange(10)[None, :]).abs() > 2
+    o1, w1 = ref(x, x, x, attn_mask=band)
+    o2, w2 = ours(x, x, x)
+    close(o2, o1)
+    close(w2, w1)
+
+
+def test_is_causal_needs_a_mask_like_torch():
+    _, ours = pair()
+    x = torch.randn(4, 2, 32)
+    with pytest.raises(RuntimeError, match="Need attn_mask if specifying the is_causal hint"):
+        ours(x, x, x, is_causal=True)
+
+
+def test_rejects_a_spec_that_is_not_an_attention():
+    with pytest.raises(TypeError, match="spec must be an ac.Attention"):
+        ac.nn.MultiheadAttention(8, 2, spec=ac.causal())
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    calls = []
+    orig = K.Kernel.__call__
+
+    def counting(self, *a, **kw):
+        calls.append(self.spec)
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(K.Kernel, "__call__", counting)
+    return calls
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_swap_transformer_encoder_runs_attncc_and_keeps_outputs(train, kernel_calls):
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, dropout=0.0, batch_first=True)
+    model = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=True)
+    model.train(train)
+    x = torch.randn(2, 6, 32)
+    kpm = torch.zeros(2, 6, dtype=torch.bool)
+    kpm[1, 4:] = True
+    with torch.no_grad():
+        before = model(x, src_key_padding_mask=kpm)
+    report = ac.swap(model, backend="reference")
+    assert [s.name for s in report] == ["layers.0.self_attn", "layers.1.self_attn"]
+    assert "torch.nn.MultiheadAttention -> attncc" in str(report)
+    with torch.no_grad():
+        after = model(x, src_key_padding_mask=kpm)
+    assert len(kernel_calls) == 2, "the torch fast path bypassed the swapped modules"
+    # torch's fast path writes 0 at padded positions; compare the real tokens
+    keep = ~kpm
+    torch.testing.assert_close(after[keep], before[keep], rtol=1e-4, atol=1e-5)
+
+
+def test_swap_transformer_decoder_and_gradients():
+    torch.manual_seed(0)
+    model = torch.nn.TransformerDecoder(torch.nn.TransformerDecoderLayer(32, 4, 64, dropout=0.0), 1)
+    tgt, mem = torch.randn(5, 2, 32), torch.randn(7, 2, 32)
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(5)
+    ref = model(tgt, mem, tgt_mask=mask, tgt_is_causal=True)
+    g_ref = torch.autograd.grad(ref.sum(), list(model.parameters()))
+    report = ac.swap(model, backend="reference")
+    assert len(report) == 2
+    out = model(tgt, mem, tgt_mask=mask, tgt_is_causal=True)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(out.sum(), list(model.parameters())), g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_swap_rejects_non_modules():
+    with pytest.raises(TypeError, match="swap takes a torch.nn.Module"):
+        ac.swap("model")
