@@ -24,8 +24,9 @@ def test_public_name_exists_and_is_documented(name):
     assert obj.__doc__ and len(obj.__doc__.strip()) > 20, f"ac.{name} needs a docstring"
 
 
-def test_kernel_and_explain_are_documented():
-    assert ac.Kernel.__doc__ and ac.Kernel.explain.__doc__ and ac.TilePlan.__doc__
+def test_kernel_modules_and_swap_are_documented():
+    for obj in (ac.Kernel, ac.Kernel.explain, ac.TilePlan, ac.nn.MultiheadAttention, ac.swap):
+        assert obj.__doc__ and len(obj.__doc__.strip()) > 20
 
 
 def test_compile_auto_says_what_it_picked_and_warns_it_is_the_reference():
