@@ -4,7 +4,7 @@ each with its spec constructors (drop-in nn.Modules arrive with the modules issu
 ``CATALOGUE`` lists one Entry per pattern; ``attncc demo`` and ``attncc check`` walk it.
 """
 from . import axial, flash, linear, neighborhood, routing, sigmoid, stripes, window
-from ._catalogue import Entry
+from ._catalogue import Entry  # noqa: F401  (the entry type, for users of CATALOGUE)
 
 FAMILIES = (flash, window, neighborhood, axial, stripes, routing, sigmoid, linear)
 CATALOGUE = tuple(e for fam in FAMILIES for e in fam.CATALOGUE)

@@ -2,7 +2,6 @@
 the command line."""
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch

@@ -14,7 +14,6 @@ from attncc.ir.program import EMPTY, FULL, PARTIAL, Dims
 from attncc.ir.verify import VerifyError, verify
 from attncc.passes.canonicalize import canonicalize
 from attncc.passes.classify_blocks import classify_blocks
-from attncc.passes.cost import cost
 from attncc.passes.gather import gather
 from attncc.passes.pipeline import lower
 from attncc.passes.plan import plan

@@ -7,7 +7,6 @@ as PATTERNS.md defines it.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -491,6 +490,3 @@ def split_heads(pattern):
         raise ValueError(f"per_head must be at the top of a pattern or combined with `&`: {pattern!r}")
     return [(None, pattern)]
 
-
-def tokens_of(grid):
-    return math.prod(grid)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..ir import symbols as S
 from . import patterns as P
-from .modifiers import PostMod, RelPosBias, ScoreMod
+from .modifiers import PostMod, ScoreMod
 from .normalizers import Linear, Normalizer, Softmax
 
 RESERVED = ("q", "k", "v", "return_lse")

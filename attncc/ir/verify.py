@@ -1,11 +1,10 @@
 """The IR verifier: checks a Program's invariants between passes (on in the test suite,
 ATTNCC_VERIFY=1 elsewhere). A failure is a compiler bug, reported as VerifyError."""
 import numpy as np
-import sympy
 
 from . import symbols as S
 from .evaluate import evaluate
-from .program import EMPTY, FULL
+from .program import EMPTY
 
 
 class VerifyError(AssertionError):

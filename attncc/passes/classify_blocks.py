@@ -46,7 +46,6 @@ def eval_tiles(expr, prog, grp, on_tile):
     on_tile(g0, qa0, values[gs, Lq_slab, Lk]) with the boolean values."""
     gat = grp.gather
     aq = atom(gat.Lq)
-    nq = -(-gat.Lq // aq)
     syms = expr.free_symbols
     bs = range(prog.dims.B) if S.b in syms else (0,)
     hs = grp.heads if S.h in syms else (grp.heads[0],)

@@ -7,11 +7,10 @@ e element bytes. Softmax/sigmoid: 2 (d + dv) FLOPs per pair (QK^T and PV); the K
 re-read once per visiting query tile. Linear: state and read-out cost 2 d dv per key and per
 query, plus the quadratic form on partial tiles.
 """
-import numpy as np
 import sympy
 
 from ..ir import symbols as S
-from ..ir.program import EMPTY, FULL, PARTIAL, Cost
+from ..ir.program import EMPTY, PARTIAL, Cost
 from .classify_blocks import split_static
 
 B, Hg, P, Pe, Tv, Nq, bn, e, Ppart, Mk = sympy.symbols("B Hg P Pe Tv Nq bn e Ppart Mk", integer=True,

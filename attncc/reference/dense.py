@@ -11,7 +11,7 @@ import torch
 from ..ir import symbols as S
 from ..ir.evaluate import evaluate
 from .features import feature_map
-from .torch_ops import TorchOps
+from .torch_ops import TorchOps, like
 
 
 def _routing_mask(pro, q, k, scale):
@@ -29,11 +29,6 @@ def _routing_mask(pro, q, k, scale):
     aff = scale * qr @ kr.transpose(-1, -2)
     kth = aff.sort(dim=-1, descending=True).values[..., topk - 1:topk]
     return aff >= kth                                                       # [B, S^2, S^2]
-
-
-def _like(x, ref):
-    x = torch.as_tensor(x, dtype=ref.dtype)
-    return x.expand(torch.broadcast_shapes(x.shape, ref.shape))
 
 
 def dense_attention(prog, q, k, v, captured=None, return_lse=False, dtype=torch.float64):
@@ -62,7 +57,7 @@ def dense_attention(prog, q, k, v, captured=None, return_lse=False, dtype=torch.
             continue
         s = prog.scale * qh @ kh.transpose(-1, -2)
         if prog.score != S.score:
-            s = _like(evaluate(prog.score, {**idx, **env, S.score: s}, ops, valid=m), s)
+            s = like(evaluate(prog.score, {**idx, **env, S.score: s}, ops, valid=m), s)
         sm = s.masked_fill(~m, -float("inf"))
         l = torch.logsumexp(sm, dim=-1)                                      # -inf on empty rows
         if prog.norm.kind == "softmax":
@@ -70,7 +65,7 @@ def dense_attention(prog, q, k, v, captured=None, return_lse=False, dtype=torch.
         else:
             w = torch.where(m, torch.sigmoid(s + prog.norm.bias), 0)
         for post in prog.post:
-            w = torch.where(m, _like(evaluate(post, {**idx, **env, S.weight: w}, ops, valid=m), w), 0)
+            w = torch.where(m, like(evaluate(post, {**idx, **env, S.weight: w}, ops, valid=m), w), 0)
         out[:, hs] = w @ vh
         lse[:, hs] = l
     return (out, lse) if return_lse else out

@@ -7,16 +7,18 @@ partial tiles only, and computes the row's normalizer exactly (all of a row's ke
 one batch, so no online rescaling is needed). Batches of tiles with the same number of key
 tiles are stacked, and split to stay under a memory budget.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import sympy
 import torch
 
 from ..ir import symbols as S
 from ..ir.evaluate import evaluate
-from ..ir.program import EMPTY, FULL, PARTIAL
+from ..ir.program import FULL, PARTIAL
 from .features import feature_map
 from .routing import routing_tables
-from .torch_ops import TorchOps
+from .torch_ops import TorchOps, like
 
 BUDGET = 1 << 24            # elements of the largest intermediate of one batch
 
@@ -48,11 +50,17 @@ def run(prog, q, k, v, captured, return_lse=False, dtype=torch.float32):
     return (out.to(q.dtype), lse) if return_lse else out.to(q.dtype)
 
 
-def _like(x, ref):
-    """An evaluated expression as a tensor of ref's dtype, broadcast against ref (an
-    expression may not depend on every index, or on the score at all)."""
-    x = torch.as_tensor(x, dtype=ref.dtype, device=ref.device)
-    return x.expand(torch.broadcast_shapes(x.shape, ref.shape))
+@dataclass
+class _Batch:
+    """Index tensors of a batch of (group, query tile) items and their key tiles."""
+    g: torch.Tensor        # [n] groups
+    tl: torch.Tensor       # [n, bm] local query indices
+    ul: torch.Tensor       # [n, Kn] local key indices
+    qt: torch.Tensor       # [n, bm] query tokens
+    qok: torch.Tensor      # [n, bm] real queries
+    kt: torch.Tensor       # [Bk, n, Tk, Kn] key tokens
+    cls: torch.Tensor      # [n, bm, Kn] atom class of every pair
+    ok: torch.Tensor       # [Bk, 1, n, bm|1, Kn] both tokens exist
 
 
 class _Group:
@@ -128,9 +136,14 @@ class _Group:
         atoms = torch.tensor(self.grp.blocks.classes, device=dev)
         nqa, nka = atoms.shape[1:]
         cls = atoms[g[:, None, None], (tl // aq).clamp(max=nqa - 1)[:, :, None],
-                    (ul // ak).clamp(max=nka - 1)[:, None, :]]             # [n, bm, Kn]
-        self.tokens_ok = qok[None, None, :, :, None] & kok[:, None]       # [Bk, 1, n, bm|1, Kn]
-        return g, tl, ul, qt, qok, kt, cls
+                    (ul // ak).clamp(max=nka - 1)[:, None, :]]
+        return _Batch(g, tl, ul, qt, qok, kt, cls, qok[None, None, :, :, None] & kok[:, None])
+
+    def token_env(self, bt, B):
+        """Symbols of score and post expressions, broadcast as [B, Hg, n, bm, Kn]."""
+        return {S.b: torch.arange(B, device=bt.g.device).view(-1, 1, 1, 1, 1),
+                S.h: self.heads.view(1, -1, 1, 1, 1), S.i: bt.qt[None, None, :, :, None],
+                S.j: bt.kt[:, None], **self.env}
 
     def take(self, x, tok):
         """x [B, Hg, L, e] at tokens tok [Bk, n, Tk, Kn] -> [B, Hg, n, Tk, Kn, e]."""
@@ -141,34 +154,32 @@ class _Group:
             y = xt[torch.arange(xt.shape[0], device=x.device).view(-1, 1, 1, 1), tok]
         return y.permute(0, 4, 1, 2, 3, 5)
 
-    def mask(self, g, tl, ul, cls, kt):
+    def mask(self, bt):
         """Boolean [B|1, Hg|1, n, bm, Kn]: padding, then per atom: FULL -> true, EMPTY -> false,
         PARTIAL -> the residual mask (exact there, by simplify_masks' contract)."""
         gat = self.grp.gather
-        pad = (tl < gat.Lq)[:, :, None] & (ul < gat.Lk)[:, None, :]
-        m = (pad & (cls == FULL))[None, None]
-        partial = (pad & (cls == PARTIAL))[None, None]
+        pad = (bt.tl < gat.Lq)[:, :, None] & (bt.ul < gat.Lk)[:, None, :]
+        m = (pad & (bt.cls == FULL))[None, None]
+        partial = (pad & (bt.cls == PARTIAL))[None, None]
         res = self.grp.residual
         if bool(partial.any()):
             if res is sympy.true:
                 return m | partial
-            env = {S.b: torch.arange(self.prog.dims.B, device=g.device).view(-1, 1, 1, 1, 1),
-                   S.h: self.heads.view(1, -1, 1, 1, 1), S.g: g.view(1, 1, -1, 1, 1),
-                   S.t: tl[None, None, :, :, None], S.u: ul[None, None, :, None, :], **self.env}
-            r = evaluate(res, env, self.ops, valid=partial & self.tokens_ok)
+            env = {S.b: torch.arange(self.prog.dims.B, device=bt.g.device).view(-1, 1, 1, 1, 1),
+                   S.h: self.heads.view(1, -1, 1, 1, 1), S.g: bt.g.view(1, 1, -1, 1, 1),
+                   S.t: bt.tl[None, None, :, :, None], S.u: bt.ul[None, None, :, None, :], **self.env}
+            r = evaluate(res, env, self.ops, valid=partial & bt.ok)
             if not isinstance(r, torch.Tensor):
-                r = torch.tensor(bool(r), device=g.device)
+                r = torch.tensor(bool(r), device=bt.g.device)
             m = m | (partial & r)
         return m
 
-    def scores(self, Q, K, g, tl, qt, kt, m):
+    def scores(self, Q, K, bt, m):
         s = (Q @ K.transpose(-1, -2)) if K.dim() == 5 else torch.einsum("bhnqd,bhnqkd->bhnqk", Q, K)
         s = s * self.prog.scale
         if self.prog.score != S.score:
-            env = {S.score: s, S.b: torch.arange(s.shape[0], device=s.device).view(-1, 1, 1, 1, 1),
-                   S.h: self.heads.view(1, -1, 1, 1, 1), S.i: qt[None, None, :, :, None],
-                   S.j: kt[:, None], **self.env}
-            s = _like(evaluate(self.prog.score, env, self.ops, valid=m), s)
+            env = {**self.token_env(bt, s.shape[0]), S.score: s}
+            s = like(evaluate(self.prog.score, env, self.ops, valid=m), s)
         return s
 
     def run(self, q, k, v):
@@ -182,21 +193,21 @@ class _Group:
         for c, gs, qs, ks in self.batches(self.items((PARTIAL, FULL)), width):
             if c == 0:
                 continue                    # rows with no key: output 0, lse -inf
-            g, tl, ul, qt, qok, kt, cls = self.indices(gs, qs, ks)
-            Q = q[:, :, qt]                                     # [B, Hg, n, bm, d]
-            K, V = self.take(k, kt), self.take(v, kt)           # [B, Hg, n, Tk, Kn, e]
+            bt = self.indices(gs, qs, ks)
+            Q = q[:, :, bt.qt]                                  # [B, Hg, n, bm, d]
+            K, V = self.take(k, bt.kt), self.take(v, bt.kt)     # [B, Hg, n, Tk, Kn, e]
             if not per_query:
                 K, V = K[:, :, :, 0], V[:, :, :, 0]
-            m = self.mask(g, tl, ul, cls, kt)
-            s = self.scores(Q, K, g, tl, qt, kt, m)
-            w, l = self.normalize(s, m, qt, kt)
+            m = self.mask(bt)
+            s = self.scores(Q, K, bt, m)
+            w, l = self.normalize(s, m, bt)
             o = (w @ V) if V.dim() == 5 else torch.einsum("bhnqk,bhnqkd->bhnqd", w, V)
-            idx = qt[qok]
-            out[:, :, idx] = o[:, :, qok]
-            lse[:, :, idx] = l[:, :, qok]
+            idx = bt.qt[bt.qok]
+            out[:, :, idx] = o[:, :, bt.qok]
+            lse[:, :, idx] = l[:, :, bt.qok]
         return out, lse
 
-    def normalize(self, s, m, qt, kt):
+    def normalize(self, s, m, bt):
         sm = s.masked_fill(~m, -float("inf"))
         mx = sm.amax(dim=-1, keepdim=True)
         mx0 = torch.where(torch.isinf(mx), 0.0, mx)
@@ -208,11 +219,9 @@ class _Group:
         else:
             w = torch.sigmoid(s + self.prog.norm.bias) * m
         if self.prog.post:
-            env = {S.b: torch.arange(s.shape[0], device=s.device).view(-1, 1, 1, 1, 1),
-                   S.h: self.heads.view(1, -1, 1, 1, 1), S.i: qt[None, None, :, :, None],
-                   S.j: kt[:, None], **self.env}
+            env = self.token_env(bt, s.shape[0])
             for post in self.prog.post:
-                w = torch.where(m, _like(evaluate(post, {**env, S.weight: w}, self.ops, valid=m), w), 0.0)
+                w = torch.where(m, like(evaluate(post, {**env, S.weight: w}, self.ops, valid=m), w), 0.0)
         return w, lse
 
     def run_linear(self, q, k, v, out, lse):
@@ -220,10 +229,7 @@ class _Group:
         assert self.ktok.shape[0] == 1 and self.ktok.shape[2] == 1, "linear attention has static shared keys"
         pq, pk = feature_map(norm.feature_map, q), feature_map(norm.feature_map, k)
         G, nQ, nK = self.tiles.shape
-        kt_all = self.ktok[0, :, 0]                                         # [G, nK*bn]
-        ok = (self._ev(self.grp.gather.k_valid, {S.g: torch.arange(G)[:, None],
-                                                 S.u: torch.arange(nK * self.bn)[None, :]}, kt_all.shape)
-              & (torch.arange(nK * self.bn) < self.grp.gather.Lk))
+        kt_all, ok = self.ktok[0, :, 0], self.kok[0, :, 0]                  # [G, nK*bn]
         Kg = pk[:, :, kt_all] * ok[..., None]                              # [B, Hg, G, L, d]
         Vg = v[:, :, kt_all] * ok[..., None]
         B, Hg = q.shape[:2]
@@ -236,26 +242,25 @@ class _Group:
                    for g, qi, ks in zip(gs, qs, kss)}
         width = max(q.shape[-1], v.shape[-1])
         for c, gs, qs, ks in self.batches(self.items((PARTIAL,)), width):
-            g, tl, ul, qt, qok, kt, cls = self.indices(gs, qs, ks)
-            Q = pq[:, :, qt]                                                # [B, Hg, n, bm, d]
-            F = torch.zeros(len(gs), nK, dtype=q.dtype)
+            bt = self.indices(gs, qs, ks)
+            Q = pq[:, :, bt.qt]                                             # [B, Hg, n, bm, d]
+            F = torch.zeros(len(gs), nK, dtype=q.dtype, device=q.device)
             for r, (gg, qi) in enumerate(zip(gs, qs)):
                 F[r, fullmap[(int(gg), int(qi))]] = 1
             if G == 1:
                 Ssum = torch.einsum("nk,bhkde->bhnde", F, state[:, :, 0])
                 zs = torch.einsum("nk,bhkd->bhnd", F, zsum[:, :, 0])
             else:
-                Ssum = torch.einsum("nk,bhnkde->bhnde", F, state[:, :, g])
-                zs = torch.einsum("nk,bhnkd->bhnd", F, zsum[:, :, g])
+                Ssum = torch.einsum("nk,bhnkde->bhnde", F, state[:, :, bt.g])
+                zs = torch.einsum("nk,bhnkd->bhnd", F, zsum[:, :, bt.g])
             num = Q @ Ssum
             den = (Q * zs[:, :, :, None, :]).sum(-1)
             if c:
-                m = self.mask(g, tl, ul, cls, kt)
-                K, V = self.take(pk, kt)[:, :, :, 0], self.take(v, kt)[:, :, :, 0]
+                m = self.mask(bt)
+                K, V = self.take(pk, bt.kt)[:, :, :, 0], self.take(v, bt.kt)[:, :, :, 0]
                 a = (Q @ K.transpose(-1, -2)) * m
                 num = num + a @ V
                 den = den + a.sum(-1)
             o = num / (den + norm.eps)[..., None]
-            idx = qt[qok]
-            out[:, :, idx] = o[:, :, qok]
+            out[:, :, bt.qt[bt.qok]] = o[:, :, bt.qok]
         return out, lse

@@ -47,3 +47,10 @@ class TorchOps:
         if not isinstance(a, torch.Tensor):
             return torch.pow(float(a), e) if isinstance(e, torch.Tensor) else float(a) ** e
         return torch.pow(a, e)
+
+
+def like(x, ref):
+    """An evaluated expression as a tensor of ref's dtype, broadcast against ref (an
+    expression need not depend on every index, or on the score at all)."""
+    x = torch.as_tensor(x, dtype=ref.dtype, device=ref.device)
+    return x.expand(torch.broadcast_shapes(x.shape, ref.shape))
