@@ -23,12 +23,13 @@ def canonical(spec, q, k, v, tensors):
     return kern, kern.lower(*check_call(spec, q, k, v, tensors, False)).stages[0][1]
 
 
-def check_against_oracle(spec, q, k, v, tensors=None, lse=True):
-    """Run the reference and the oracles; assert the reference is as close to fp64 as the
-    textbook formula computed in the input dtype (with fp32 accumulation) is."""
+def check_against_oracle(spec, q, k, v, tensors=None, lse=True, backend="reference"):
+    """Run a backend (the reference by default) and the oracles; assert its output is as
+    close to fp64 as the textbook formula computed in the input dtype (fp32 accumulation)."""
     tensors = tensors or {}
     lse = lse and not isinstance(spec.normalizer, type(ac.linear()))
-    kern, canon = canonical(spec, q, k, v, tensors)
+    _, canon = canonical(spec, q, k, v, tensors)
+    kern = ac.compile(spec, backend=backend)
     got = kern(q, k, v, return_lse=lse, **tensors)
     gold = dense_attention(canon, q, k, v, tensors, return_lse=lse)
     same = dense_attention(canon, q, k, v, tensors, return_lse=lse, dtype=torch.float32)
@@ -40,7 +41,7 @@ def check_against_oracle(spec, q, k, v, tensors=None, lse=True):
     floor = 8 * EPS[q.dtype] * scale
     err = (got.double() - gold).abs().max().item()
     yard = (same.double() - gold).abs().max().item()
-    assert err <= K * yard + floor, f"reference error {err:.3e} > {K} x same-dtype error {yard:.3e} + {floor:.1e}"
+    assert err <= K * yard + floor, f"{backend} error {err:.3e} > {K} x same-dtype error {yard:.3e} + {floor:.1e}"
     if lse:
         assert got_lse.shape == q.shape[:3]
         assert torch.equal(torch.isneginf(got_lse), torch.isneginf(gold_lse)), "lse -inf rows differ"

@@ -28,16 +28,22 @@ def test_kernel_modules_and_swap_are_documented():
         assert obj.__doc__ and len(obj.__doc__.strip()) > 20
 
 
-def test_compile_auto_says_what_it_picked_and_warns_it_is_the_reference():
-    import attncc.runtime.kernel as K
-    K._warned.discard("auto")
-    with pytest.warns(UserWarning, match="runs the eager reference"):
-        kern = ac.compile(ac.Attention(ac.causal()))
-    assert kern.backend == "reference"
+def test_compile_auto_picks_tvm_on_cpu_and_says_so():
+    kern = ac.compile(ac.Attention(ac.causal()))
+    assert kern.backend == "tvm"
     q, k, v = make_inputs(Dims(1, 2, 32, 32, 8, 8))
     torch.testing.assert_close(kern(q, k, v), ac.reference(ac.Attention(ac.causal()))(q, k, v))
     text = kern.explain(file=None)
-    assert "backend: reference (asked: 'auto')" in text
+    assert "backend: tvm (asked: 'auto')" in text
+
+
+def test_auto_falls_back_to_the_reference_visibly():
+    spec = ac.Attention(normalizer=ac.linear())
+    kern = ac.compile(spec)
+    q, k, v = make_inputs(Dims(1, 2, 32, 32, 8, 8))
+    with pytest.warns(UserWarning, match="backend='auto' runs the eager reference for this spec"):
+        out = kern(q, k, v)
+    torch.testing.assert_close(out, ac.reference(spec)(q, k, v))
 
 
 def test_explain_prints_every_pass_the_plan_and_the_cost(capsys):

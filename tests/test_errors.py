@@ -500,12 +500,21 @@ def test_unknown_backend():
         ac.compile(ac.Attention(), backend="nope")
 
 
-@pytest.mark.parametrize("backend", ["tvm", "triton"])
-def test_backend_not_built(backend):
-    with pytest.raises(NotImplementedError, match=re.escape(f"backend {backend!r} is not available in this version "
-                                                            "of attncc (available: reference); use "
+def test_backend_not_built():
+    with pytest.raises(NotImplementedError, match=re.escape("backend 'triton' is not available in this version "
+                                                            "of attncc (available: reference, tvm); use "
                                                             "backend='reference'")):
-        ac.compile(ac.Attention(), backend=backend)
+        ac.compile(ac.Attention(), backend="triton")
+
+
+@pytest.mark.parametrize("spec, why", [
+    (ac.Attention(normalizer=ac.linear()), "backend='tvm' does not generate linear attention yet"),
+    (ac.Attention(ac.routing((4, 4), (2, 2), 1)), "backend='tvm' does not generate content-dependent routing yet"),
+], ids=["linear", "routing"])
+def test_tvm_backend_refuses_what_it_cannot_generate(spec, why):
+    q = torch.randn(1, 1, 16, 8)
+    with pytest.raises(NotImplementedError, match=re.escape(why)):
+        ac.compile(spec, backend="tvm")(q, q, q)
 
 
 def test_tune_requested():

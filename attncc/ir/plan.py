@@ -62,6 +62,7 @@ class FastMemory:
 FAST_MEMORY = {
     "reference": FastMemory("reference (L2 per core)", 1 << 20),
     "cpu": FastMemory("cpu L2 per core", 1 << 20),
+    "tvm": FastMemory("cpu L2 per core", 1 << 20),
     "sm_80": FastMemory("sm_80 shared memory per SM", 163 * 1024),
     "sm_90": FastMemory("sm_90 shared memory per SM", 227 * 1024),
 }

@@ -113,6 +113,8 @@ RULES = {
     "dilated": _dilated,
     "routing": _routing,
 }
+# targets whose kernels can gather keys per query (the others tile a dense source instead)
+PER_QUERY_TARGETS = ("reference",)
 PRIORITY = ("routing", "neighborhood2d", "window2d", "stripes", "axial", "dilated")
 
 
@@ -128,7 +130,7 @@ def gather(prog):
             if rule is None:
                 continue
             gat, implied = rule(pred, prog.dims)
-            if gat is None:
+            if gat is None or (gat.per_query and prog.target not in PER_QUERY_TARGETS):
                 continue
             rank = (pred.kind != "routing", gat.Lk, PRIORITY.index(pred.kind))
             if best is None or rank < best[0]:

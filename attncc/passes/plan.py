@@ -15,9 +15,18 @@ def _tile(extent, want):
     return a * max(1, min(want // a, -(-extent // a)))
 
 
+# per-target defaults: query tile, key tile, and the CPU micro-kernel's vector lanes and rows
+DEFAULTS = {"tvm": dict(block_m=32, block_n=64, vector=16, unroll=4)}
+
+
 def default_plan(grp, dims, target):
     gat = grp.gather
-    plan = TilePlan(block_m=_tile(gat.Lq, DEFAULT_TILE), block_n=_tile(gat.Lk, DEFAULT_TILE))
+    want = DEFAULTS.get(target, {})
+    plan = TilePlan(block_m=_tile(gat.Lq, want.get("block_m", DEFAULT_TILE)),
+                    block_n=_tile(gat.Lk, want.get("block_n", DEFAULT_TILE)))
+    if "vector" in want:
+        # narrow key tiles (a 7x7 window) pad less with 8 lanes than with 16
+        plan = plan.replace(vector=want["vector"] if plan.block_n >= 64 else 8, unroll=want["unroll"])
     aq, ak = atom(gat.Lq), atom(gat.Lk)
     while not fits(plan, dims.d, dims.dv, target):
         if plan.block_n > ak:

@@ -11,23 +11,18 @@ from ..dsl.spec import Attention
 from ..ir.program import Dims
 from ..passes.pipeline import lower
 from ..reference import eager
+from .autograd import differentiable
 from .inputs import check_call
 
 BACKENDS = ("auto", "tvm", "triton", "reference")
-AVAILABLE = ("reference",)
-_warned = set()
+AVAILABLE = ("reference", "tvm")
 
 
 def _resolve(backend, device="cpu"):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if backend == "auto":
-        if "auto" not in _warned:
-            _warned.add("auto")
-            warnings.warn("attncc: no generated backend is built into this version yet; backend='auto' runs "
-                          "the eager reference (correct, not fast). Pass backend='reference' to silence this.",
-                          stacklevel=3)
-        return "reference"
+        return "tvm" if device == "cpu" else "reference"
     if backend not in AVAILABLE:
         raise NotImplementedError(f"backend {backend!r} is not available in this version of attncc "
                                   f"(available: {', '.join(AVAILABLE)}); use backend='reference'")
@@ -53,6 +48,7 @@ class Kernel:
         self.requested = backend
         self.backend = _resolve(backend)
         self._lowered = {}
+        self._compiled = {}
         self._last = None
 
     def lower(self, dims, dtype="float32"):
@@ -60,15 +56,35 @@ class Kernel:
         key = (dims, dtype)
         got = self._lowered.get(key)
         if got is None:
-            got = lower(self.spec, dims, dtype, target=self.backend)
+            got = lower(self.spec, dims, dtype, target=self.backend if self.backend != "reference" else "reference")
             self._lowered[key] = got
         self._last = key
         return got
 
     def __call__(self, q, k, v, return_lse=False, **tensors):
         dims, dtype = check_call(self.spec, q, k, v, tensors, return_lse)
+        if self.backend == "tvm":
+            comp = self.compiled(dims, dtype, tensors)
+            if comp is not None:
+                return differentiable(comp, comp.prog, q, k, v, tensors, return_lse)
         low = self.lower(dims, dtype)
         return eager.run(low.program, q, k, v, tensors, return_lse=return_lse)
+
+    def compiled(self, dims, dtype, tensors):
+        """The generated program for these shapes (None when backend='auto' had to fall back to
+        the reference for this spec, with a warning saying why)."""
+        key = (dims, dtype, tuple((n, tuple(x.shape), x.is_floating_point()) for n, x in sorted(tensors.items())))
+        if key not in self._compiled:
+            from ..codegen.tvm.backend import TVMProgram, Unsupported
+            try:
+                self._compiled[key] = TVMProgram(self.lower(dims, dtype).program, tensors)
+            except Unsupported as e:
+                if self.requested != "auto":
+                    raise
+                warnings.warn(f"attncc: {e}; backend='auto' runs the eager reference for this spec", stacklevel=3)
+                self._compiled[key] = None
+        self._last = (dims, dtype)
+        return self._compiled[key]
 
     def default_dims(self):
         grid = self.spec.pattern.grid
@@ -84,12 +100,24 @@ class Kernel:
             dims, last_dtype = self._last
             dtype = dtype or last_dtype
         dims = dims or self.default_dims()
-        low = self.lower(dims, dtype or "float32")
+        dtype = dtype or "float32"
+        low = self.lower(dims, dtype)
         head = [f"spec: {self.spec!r}",
-                f"backend: {self.backend} (asked: {self.requested!r}); lowering took "
-                f"{low.seconds * 1e3:.1f} ms",
-                "generated source: none (the eager reference backend interprets the IR)"]
-        text = "\n".join(head) + "\n" + low.explain()
+                f"backend: {self.backend} (asked: {self.requested!r}); lowering took {low.seconds * 1e3:.1f} ms"]
+        tail = ["generated source: none (the eager reference backend interprets the IR)"]
+        if self.backend == "tvm":
+            comp = [c for (d, t, _), c in self._compiled.items() if (d, t) == (dims, dtype)]
+            if not comp and not self.spec.captured():
+                comp = [self.compiled(dims, dtype, {})]
+            if comp and comp[0] is not None:
+                c = comp[0]
+                how = "loaded from the disk cache" if all(g.from_disk for g, _ in c.groups) else "compiled"
+                tail = [f"=== generated TVMScript ({how} in {c.seconds:.2f} s)", c.source]
+            elif comp:
+                tail = ["generated source: none (backend='auto' runs the reference for this spec)"]
+            else:
+                tail = ["generated source: compiled at the first call (captured tensor shapes decide it)"]
+        text = "\n".join(head) + "\n" + low.explain() + "\n" + "\n".join(tail)
         if file is not None:
             print(text, file=sys.stdout if file == "stdout" else file)
         return text

@@ -1,0 +1,1 @@
+"""Code generators: one package per target (tvm today), each printing the IR to source."""

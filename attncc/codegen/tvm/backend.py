@@ -1,0 +1,77 @@
+"""The TVM backend's entry points: compile a lowered Program (one kernel per head group) and
+run it on torch tensors."""
+import numpy as np
+import torch
+
+from ...ir.program import PARTIAL
+from .build import compile_source
+from .source import generate, group_shape, tile_tables
+
+
+class Unsupported(NotImplementedError):
+    """A spec the TVM backend cannot serve yet (the message says why and what to use)."""
+
+
+def check(prog):
+    if prog.norm.kind == "linear":
+        raise Unsupported("backend='tvm' does not generate linear attention yet (it arrives with the routing and "
+                          "linear attention issue); use backend='reference'")
+    if prog.prologues:
+        raise Unsupported("backend='tvm' does not generate content-dependent routing yet (it arrives with the "
+                          "routing issue); use backend='reference'")
+    for grp in prog.groups:
+        if grp.gather.per_query:
+            raise Unsupported(f"backend='tvm' got a per-query gather ({grp.gather.kind}); lower with target='tvm'")
+
+
+def _table_meta(prog, tensors):
+    meta = {}
+    for name, x in tensors.items():
+        kind = "float" if x.is_floating_point() else "int"
+        meta[name] = (tuple(x.shape), kind, "float32" if kind == "float" else "int32")
+    for c in prog.constants:
+        meta[c.name] = (tuple(c.array.shape), "int", "int32")
+    return meta
+
+
+def as_table(x):
+    return (x.to(torch.float32) if x.is_floating_point() else x.to(torch.int32)).contiguous()
+
+
+class TVMProgram:
+    """The compiled kernels of a Program for one set of captured-tensor shapes."""
+
+    def __init__(self, prog, tensors):
+        check(prog)
+        self.prog = prog
+        meta = _table_meta(prog, tensors)
+        self.consts = {c.name: torch.from_numpy(np.ascontiguousarray(c.array, dtype=np.int32)) for c in prog.constants}
+        self.groups = []
+        for grp in prog.groups:
+            cnt, lst, cls = tile_tables(grp)
+            shape = group_shape(prog, grp, lst.shape[-1])
+            src = generate(prog, grp, shape, meta)
+            comp = compile_source(src, [])          # the source decides the binary
+            args = [torch.tensor(grp.heads, dtype=torch.int32), torch.from_numpy(cnt), torch.from_numpy(lst),
+                    torch.from_numpy(cls), torch.from_numpy(grp.blocks.classes.astype(np.int32))]
+            self.groups.append((comp, args))
+        self.names = list(meta)
+
+    @property
+    def source(self):
+        return "\n".join(c.source for c, _ in self.groups)
+
+    @property
+    def seconds(self):
+        return sum(c.seconds for c, _ in self.groups)
+
+    def __call__(self, q, k, v, tensors, return_lse=False):
+        qf, kf, vf = (x.to(torch.float32).contiguous() for x in (q, k, v))
+        B, H, N, _ = q.shape
+        o = torch.empty(B, H, N, v.shape[-1], dtype=torch.float32)
+        lse = torch.empty(B, H, N, dtype=torch.float32)
+        tabs = [as_table(tensors[n]) if n in tensors else self.consts[n] for n in self.names]
+        for comp, args in self.groups:
+            comp.fn(qf, kf, vf, o, lse, *args, *tabs)
+        o = o.to(q.dtype)
+        return (o, lse) if return_lse else o

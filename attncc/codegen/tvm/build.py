@@ -1,0 +1,65 @@
+"""Compile generated TVMScript through LLVM for the host CPU, with a compiled-kernel cache in
+memory and on disk (keyed by the IR hash, the plan, the target and the attncc version), so a
+second process loads the shared library instead of compiling again."""
+import hashlib
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+from ...version import __version__
+
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")   # idle TVM workers must not starve torch
+
+import tvm  # noqa: E402
+from tvm.target import codegen as _codegen  # noqa: E402
+
+_MEMORY = {}
+
+
+def host_target():
+    """The LLVM target of this machine: its CPU model and core count."""
+    cpu = _codegen.llvm_get_system_cpu() or "generic"
+    return tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1})
+
+
+def cache_dir():
+    root = os.environ.get("ATTNCC_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "attncc")
+    path = Path(root) / "tvm"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Compiled:
+    """A compiled group kernel: the callable, its source and how long it took to get."""
+
+    def __init__(self, fn, source, seconds, from_disk):
+        self.fn, self.source, self.seconds, self.from_disk = fn, source, seconds, from_disk
+
+
+def compile_source(source, key_parts):
+    """Compile `source` (defining build() -> PrimFunc); cached by everything that decides it."""
+    target = host_target()
+    key = hashlib.sha256("\n".join([__version__, str(target), source, *key_parts]).encode()).hexdigest()[:24]
+    got = _MEMORY.get(key)
+    if got is not None:
+        return got
+    t0 = time.perf_counter()
+    d = cache_dir()
+    so, py = d / f"{key}.so", d / f"{key}.py"
+    if so.exists():
+        fn = tvm.runtime.load_module(str(so))["main"]
+        got = Compiled(fn, source, time.perf_counter() - t0, True)
+    else:
+        py.write_text(source)               # a real file: the TVMScript parser reads the source
+        spec = importlib.util.spec_from_file_location(f"attncc_tvm_{key}", py)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        ex = tvm.compile(mod.build(), target=target)
+        tmp = d / f"{key}.{os.getpid()}.so"
+        ex.export_library(str(tmp))
+        os.replace(tmp, so)                 # atomic: concurrent processes never see half a file
+        got = Compiled(ex.mod["main"], source, time.perf_counter() - t0, False)
+    _MEMORY[key] = got
+    return got

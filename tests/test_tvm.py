@@ -1,0 +1,98 @@
+"""The TVM backend (CPU kernels generated from the IR, compiled through LLVM) against the
+dense fp64 oracle, judged against the error of the same maths in the input dtype; its
+gradients, compiled-kernel cache and thread-pool configuration."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import attncc as ac
+from attncc.dsl import patterns as P
+from attncc.ir.program import Dims
+from attncc.ops import CATALOGUE
+
+from oracle import check_against_oracle, make_inputs
+from strategies import specs
+from test_reference import CASES
+
+
+def tvm_can(spec):
+    return (not isinstance(spec.normalizer, type(ac.linear()))
+            and not any(isinstance(p, P.Routing) for p in spec.pattern.leaves()))
+
+
+TVM_CASES = sorted(n for n, (spec, _, _) in CASES.items() if tvm_can(spec))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", TVM_CASES)
+def test_tvm_matches_dense_oracle(name, dtype):
+    spec, dims, tensors = CASES[name]
+    q, k, v = make_inputs(dims, dtype)
+    check_against_oracle(spec, q, k, v, tensors, backend="tvm")
+
+
+@pytest.mark.parametrize("entry", [e for e in CATALOGUE if tvm_can(e.spec)],
+                         ids=[e.name for e in CATALOGUE if tvm_can(e.spec)])
+def test_tvm_catalogue_matches_dense_oracle(entry):
+    q, k, v, tensors = entry.inputs()
+    check_against_oracle(entry.spec, q, k, v, tensors, backend="tvm")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=specs(), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_tvm_random_specs_match_dense_oracle(case, dtype):
+    spec, dims, tensors = case
+    assume(tvm_can(spec))
+    q, k, v = make_inputs(dims, dtype)
+    check_against_oracle(spec, q, k, v, tensors, backend="tvm")
+
+
+def test_tvm_gradients_recompute_through_the_reference():
+    spec = ac.Attention(ac.window2d((8, 8), (4, 4), (2, 2)), score_mods=ac.rel_pos_bias("rpb", (4, 4)))
+    q, k, v = (x.requires_grad_() for x in make_inputs(Dims(1, 2, 64, 64, 16, 16)))
+    rpb = torch.randn(49, 2, requires_grad=True)
+    grads = []
+    for kern in (ac.compile(spec, backend="tvm"), ac.reference(spec)):
+        out, lse = kern(q, k, v, return_lse=True, rpb=rpb)
+        grads.append(torch.autograd.grad(out.square().sum() + lse.sum(), [q, k, v, rpb]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_tvm_explain_shows_the_generated_source_and_compile_time():
+    text = ac.compile(ac.Attention(ac.causal()), backend="tvm").explain(dims=Dims(1, 2, 64, 64, 16, 16), file=None)
+    assert "=== generated TVMScript" in text and "@T.prim_func" in text and "T.parallel(" in text
+    assert "fexp(" in text and "for kk in range(tcnt[g, qi]):" in text
+
+
+CACHE_SCRIPT = textwrap.dedent("""
+    import json, time, attncc as ac
+    from attncc.ir.program import Dims
+    kern = ac.compile(ac.Attention(ac.sliding_window(7, 2), score_mods=ac.alibi()), backend="tvm")
+    t0 = time.perf_counter()
+    text = kern.explain(dims=Dims(1, 2, 96, 96, 16, 16), file=None)
+    print(json.dumps({"disk": "loaded from the disk cache" in text, "seconds": time.perf_counter() - t0}))
+""")
+
+
+def test_tvm_kernels_are_cached_on_disk_across_processes(tmp_path):
+    env = {**os.environ, "ATTNCC_CACHE_DIR": str(tmp_path)}
+    runs = []
+    for _ in range(2):
+        res = subprocess.run([sys.executable, "-c", CACHE_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr
+        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    assert not runs[0]["disk"] and runs[1]["disk"]
+    assert list(tmp_path.glob("tvm/*.so"))
+
+
+def test_tvm_thread_pool_does_not_spin():
+    import attncc.codegen.tvm.build  # noqa: F401  (configures the pool before TVM starts it)
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == "0"
