@@ -1,0 +1,141 @@
+"""CPU bench of the attention core (q, k, v in [B, H, N, d] -> out): attncc's TVM backend
+against the peers on their fast paths, side by side in one run (warm-up, interleaved rounds,
+medians, 2 threads). Prints a markdown table of ratios and writes bench/out/cpu_attention.json.
+
+    python bench/cpu_attention.py [--rounds 5] [--only vit full4096 ...]
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import attncc as ac
+
+
+def timeit(fn, min_time=0.2):
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = time.perf_counter() - t0
+    n = max(1, min(50, int(min_time / max(one, 1e-6))))
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def interleaved(calls, rounds):
+    res = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            res[name].append(timeit(fn))
+    return {name: statistics.median(v) for name, v in res.items()}
+
+
+def swin_timm_procedure(q, k, v, bias, grid, win, shift, mask):
+    """timm's SwinTransformerBlock attention core: roll, window_partition, SDPA with the
+    relative position bias (and the shifted-window mask), window_reverse, roll back."""
+    B, H, N, d = q.shape
+    R, C = grid
+    x = torch.stack((q, k, v))                                           # [3, B, H, N, d]
+    x = x.view(3, B, H, R, C, d)
+    if shift:
+        x = torch.roll(x, shifts=(-shift, -shift), dims=(3, 4))
+    nr, nc = R // win, C // win
+    x = x.view(3, B, H, nr, win, nc, win, d).permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(3, B * nr * nc, H, win * win, d)
+    attn_bias = bias if mask is None else (bias.unsqueeze(0) + mask.unsqueeze(1)).repeat(B, 1, 1, 1)
+    o = F.scaled_dot_product_attention(x[0], x[1], x[2], attn_mask=attn_bias)
+    o = o.view(B, nr, nc, H, win, win, d).permute(0, 3, 1, 4, 2, 5, 6).reshape(B, H, R, C, d)
+    if shift:
+        o = torch.roll(o, shifts=(shift, shift), dims=(2, 3))
+    return o.reshape(B, H, N, d)
+
+
+def swin_tables(H, grid, win, shift):
+    idx = torch.arange(win)
+    coords = torch.stack(torch.meshgrid(idx, idx, indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (win - 1)
+    index = rel[..., 0] * (2 * win - 1) + rel[..., 1]
+    table = 0.02 * torch.randn((2 * win - 1) ** 2, H)
+    bias = table[index.view(-1)].view(win * win, win * win, H).permute(2, 0, 1).contiguous()
+    mask = None
+    if shift:
+        R, C = grid
+        img = torch.zeros(R, C)
+        cnt = 0
+        for rs in (slice(0, -win), slice(-win, -shift), slice(-shift, None)):
+            for cs in (slice(0, -win), slice(-win, -shift), slice(-shift, None)):
+                img[rs, cs] = cnt
+                cnt += 1
+        w = img.view(R // win, win, C // win, win).permute(0, 2, 1, 3).reshape(-1, win * win)
+        mask = (w[:, None, :] != w[:, :, None]).float() * -100.0
+    return table, bias, mask
+
+
+def rows():
+    out = {}
+    q, k, v = (torch.randn(8, 12, 197, 64) for _ in range(3))
+    kern = ac.compile(ac.Attention(), backend="tvm")
+    out["vit"] = ("full softmax B8 H12 N197 d64", 4 * 8 * 12 * 197 * 197 * 64,
+                  {"attncc": lambda: kern(q, k, v), "sdpa": lambda: F.scaled_dot_product_attention(q, k, v)})
+    q2, k2, v2 = (torch.randn(1, 8, 4096, 64) for _ in range(3))
+    out["full4096"] = ("full softmax B1 H8 N4096 d64", 4 * 8 * 4096 * 4096 * 64,
+                       {"attncc": lambda: kern(q2, k2, v2), "sdpa": lambda: F.scaled_dot_product_attention(q2, k2, v2)})
+    kc = ac.compile(ac.Attention(ac.causal()), backend="tvm")
+    out["causal4096"] = ("causal B1 H8 N4096 d64", 2 * 8 * 4096 * 4097 * 64,
+                         {"attncc": lambda: kc(q2, k2, v2),
+                          "sdpa": lambda: F.scaled_dot_product_attention(q2, k2, v2, is_causal=True)})
+    for shift in (0, 3):
+        B, H, grid, win, d = 8, 3, (56, 56), 7, 32
+        qs, ks, vs = (torch.randn(B, H, 3136, d) for _ in range(3))
+        table, bias, mask = swin_tables(H, grid, win, shift)
+        spec = ac.Attention(ac.window2d(grid, (win, win), (shift, shift)),
+                            score_mods=ac.rel_pos_bias("rpb", (win, win)))
+        kw = ac.compile(spec, backend="tvm")
+        out[f"swin_shift{shift}"] = (
+            f"Swin 56x56 win7 shift{shift} B8 H3 d32 (+rpb)", 4 * B * H * 3136 * 49 * d,
+            {"attncc": (lambda kw=kw, qs=qs, ks=ks, vs=vs, table=table: kw(qs, ks, vs, rpb=table)),
+             "timm procedure": (lambda qs=qs, ks=ks, vs=vs, bias=bias, mask=mask, shift=shift:
+                                swin_timm_procedure(qs, ks, vs, bias, grid, win, shift, mask))})
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--only", nargs="*")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    mm = torch.randn(2048, 2048)
+    sgemm = 2 * 2048 ** 3 / interleaved({"mm": lambda: mm @ mm}, 3)["mm"]
+    results = []
+    print(f"sgemm (torch.mm 2048^3, 2 threads): {sgemm / 1e9:.1f} GFLOP/s\n")
+    print("| case | attncc ms | peer | peer ms | speedup (peer / attncc) | attncc GFLOP/s | % of sgemm |")
+    print("|---|---|---|---|---|---|---|")
+    for key, (label, flops, calls) in rows().items():
+        if args.only and key not in args.only:
+            continue
+        t = interleaved(calls, args.rounds)
+        for peer, pt in t.items():
+            if peer == "attncc":
+                continue
+            gf = flops / t["attncc"] / 1e9
+            print(f"| {label} | {t['attncc'] * 1e3:.2f} | {peer} | {pt * 1e3:.2f} | {pt / t['attncc']:.2f}x | "
+                  f"{gf:.1f} | {100 * gf * 1e9 / sgemm:.0f}% |", flush=True)
+            results.append({"case": key, "label": label, "attncc_ms": t["attncc"] * 1e3, "peer": peer,
+                            "peer_ms": pt * 1e3, "speedup": pt / t["attncc"]})
+    Path("bench/out").mkdir(parents=True, exist_ok=True)
+    Path("bench/out/cpu_attention.json").write_text(json.dumps({"sgemm_gflops": sgemm / 1e9, "rows": results},
+                                                               indent=1))
+
+
+if __name__ == "__main__":
+    main()
