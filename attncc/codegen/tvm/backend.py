@@ -3,7 +3,7 @@ run it on torch tensors."""
 import numpy as np
 import torch
 
-from ...ir.program import PARTIAL
+from ...ir import symbols as S
 from .build import compile_source
 from .source import generate, group_shape, tile_tables
 
@@ -22,6 +22,7 @@ def check(prog):
     for grp in prog.groups:
         if grp.gather.per_query:
             raise Unsupported(f"backend='tvm' got a per-query gather ({grp.gather.kind}); lower with target='tvm'")
+        assert S.b not in S.free_index_symbols(grp.gather.k_token), "static key maps do not depend on the batch"
 
 
 def _table_meta(prog, tensors):

@@ -106,7 +106,7 @@ def generate(prog, grp, shape, tables):
     sh, gat, norm = shape, grp.gather, prog.norm
     P = TIRPrinter({S.g: ("g", "int"), S.t: ("t", "int"), S.u: ("u", "int"), S.b: ("b", "int"),
                     S.h: ("h", "int")}, {n: (s, k) for n, (s, k, _) in tables.items()})
-    Pq = TIRPrinter({**P.names, S.i: ("qtok[r]", "int"), S.j: ("ktok[c]", "int"), S.score: ("s[r, c]", "float"),
+    Pq = TIRPrinter({**P.names, S.i: ("qtok[r]", "int"), S.j: ("ktk[g, kb, c]", "int"), S.score: ("s[r, c]", "float"),
                      S.weight: ("s[r, c]", "float")}, P.tables)
     two_pass = norm.kind == "softmax" and bool(prog.post)
     atom_lookup = (sh.BM != sh.AQ or sh.BN != sh.AK) and grp.residual is not None
@@ -140,6 +140,7 @@ def generate(prog, grp, shape, tables):
         w("def main(" + ", ".join(params) + "):")
         with w.block():
             w('T.func_attr({"global_symbol": "main", "tirx.noalias": True})')
+            _pack(w, sh, P, gat)
             w(f"for task in T.parallel({sh.B * sh.HG * sh.G * sh.NQ}):")
             with w.block():
                 w(f"b = task // {sh.HG * sh.G * sh.NQ}")
@@ -148,9 +149,7 @@ def generate(prog, grp, shape, tables):
                 w(f"qi = task % {sh.NQ}")
                 w("h = heads[hh]")
                 for name, shp, dt in (("qs", (sh.BMP, sh.D), "float32"), ("qtok", (sh.BMP,), "int32"),
-                                      ("qok", (sh.BMP,), "int32"), ("kbuf", (sh.D, sh.BNP), "float32"),
-                                      ("vbuf", (sh.BNP, sh.DVP), "float32"), ("ktok", (sh.BNP,), "int32"),
-                                      ("kok", (sh.BNP,), "float32"), ("s", (sh.BMP, sh.BNP), "float32"),
+                                      ("qok", (sh.BMP,), "int32"), ("s", (sh.BMP, sh.BNP), "float32"),
                                       ("acc", (sh.BMP, sh.DVP), "float32"), ("mx", (sh.BMP,), "float32"),
                                       ("sm", (sh.BMP,), "float32"), ("lanes", (8,), "float32"),
                                       ("lanes2", (8,), "float32")):
@@ -169,12 +168,6 @@ def generate(prog, grp, shape, tables):
                         w("acc[r, j] = T.float32(0)")
                     w("mx[r] = T.float32(NEG)")
                     w("sm[r] = T.float32(0)")
-                if sh.DVP != sh.DV:
-                    w(f"for c in range({sh.BNP}):")
-                    with w.block():
-                        w(f"for j in range({sh.DV}, {sh.DVP}):")
-                        with w.block():
-                            w("vbuf[c, j] = T.float32(0)")
                 for pass_ in ((1, 2) if two_pass else (0,)):
                     _key_loop(w, prog, grp, sh, P, Pq, pair_ok, pass_)
                 # ---- epilogue: write through the query map
@@ -195,6 +188,45 @@ def generate(prog, grp, shape, tables):
     return "\n".join(w.lines) + "\n"
 
 
+def _pack(w, sh, P, gat):
+    """Once per call: the key map evaluated per key tile (tokens and validity), then K
+    (transposed) and V packed per (batch, head, group, key tile), zero-padded, so every query
+    tile reads contiguous [d, bn] and [bn, dv] tiles without index arithmetic."""
+    w(f"ktk = T.alloc_buffer(({sh.G}, {sh.NK}, {sh.BNP}), \"int32\")")
+    w(f"kokp = T.alloc_buffer(({sh.G}, {sh.NK}, {sh.BNP}), \"float32\")")
+    w(f"kpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}, {sh.BNP}), \"float32\")")
+    w(f"vpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.BNP}, {sh.DVP}), \"float32\")")
+    w(f"for gk in T.parallel({sh.G * sh.NK}):")
+    with w.block():
+        w(f"g = gk // {sh.NK}")
+        w(f"kb = gk % {sh.NK}")
+        w(f"for c in range({sh.BNP}):")
+        with w.block():
+            w(f"u = kb * {sh.BN} + c")
+            w(f"kv = T.And(T.And(c < {sh.BN}, u < {sh.LK}), {P(gat.k_valid, 'bool')})")
+            w("kokp[g, kb, c] = T.Select(kv, T.float32(1), T.float32(0))")
+            w(f"ktk[g, kb, c] = T.Select(kv, {P(gat.k_token, 'int')}, 0)")
+    w(f"for task in T.parallel({sh.B * sh.HG * sh.G * sh.NK}):")
+    with w.block():
+        w(f"b = task // {sh.HG * sh.G * sh.NK}")
+        w(f"hh = task // {sh.G * sh.NK} % {sh.HG}")
+        w(f"g = task // {sh.NK} % {sh.G}")
+        w(f"kb = task % {sh.NK}")
+        w("h = heads[hh]")
+        w(f"for c in range({sh.BNP}):")
+        with w.block():
+            w(f"for j in range({sh.D}):")
+            with w.block():
+                w("kpk[b, hh, g, kb, j, c] = k[b, h, ktk[g, kb, c], j] * kokp[g, kb, c]")
+            w(f"for j in T.vectorized({sh.DV}):")
+            with w.block():
+                w("vpk[b, hh, g, kb, c, j] = v[b, h, ktk[g, kb, c], j] * kokp[g, kb, c]")
+            if sh.DVP != sh.DV:
+                w(f"for j in range({sh.DV}, {sh.DVP}):")
+                with w.block():
+                    w("vpk[b, hh, g, kb, c, j] = T.float32(0)")
+
+
 def _post_chain(prog):
     """The post modifiers composed in order, as one expression of the weight."""
     chain = S.weight
@@ -211,45 +243,23 @@ def _key_loop(w, prog, grp, sh, P, Pq, pair_ok, pass_):
     def weight(wexpr, col):
         """The post-modified weight as text, with the weight and key token of column `col`
         inlined (TVM miscompiles let-bindings inside vectorized loops: no lets there)."""
-        names = {**Pq.names, S.weight: (wexpr, "float"), S.j: (f"ktok[{col}]", "int")}
+        names = {**Pq.names, S.weight: (wexpr, "float"), S.j: (f"ktk[g, kb, {col}]", "int")}
         return TIRPrinter(names, Pq.tables)(_post_chain(prog), "float")
     w("for kk in range(tcnt[g, qi]):")
     with w.block():
         w("kb = tlist[g, qi, kk]")
         w("cls = tcls[g, qi, kk]")
-        # pack K (transposed) and V tiles through the key map
-        w(f"for c in range({sh.BNP}):")
-        with w.block():
-            w(f"u = kb * {sh.BN} + c")
-            w(f"kv = T.And(T.And(c < {sh.BN}, u < {sh.LK}), {P(gat.k_valid, 'bool')})")
-            w("kok[c] = T.Select(kv, T.float32(1), T.float32(0))")
-            w(f"ktok[c] = T.Select(kv, {P(gat.k_token, 'int')}, 0)")
-            w(f"for j in range({sh.D}):")
-            with w.block():
-                w("kbuf[j, c] = k[b, h, ktok[c], j] * kok[c]")
-            if pass_ != 1:
-                w(f"for j in T.vectorized({sh.DV}):")
-                with w.block():
-                    w("vbuf[c, j] = v[b, h, ktok[c], j] * kok[c]")
         # S = Q K^T, register tile MR x VW
         MR, VW = sh.MR, sh.VW
         w(f"for rg in range({sh.BMP // MR}):")
         with w.block():
             w(f"for cg in range({sh.BNP // VW}):")
             with w.block():
-                w(f"for ri in T.unroll({MR}):")
-                with w.block():
-                    w(f"for ci in T.vectorized({VW}):")
-                    with w.block():
-                        w(f"s[rg * {MR} + ri, cg * {VW} + ci] = T.float32(0)")
+                _tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = T.float32(0)")
                 w(f"for dd in range({sh.D}):")
                 with w.block():
-                    w(f"for ri in T.unroll({MR}):")
-                    with w.block():
-                        w(f"for ci in T.vectorized({VW}):")
-                        with w.block():
-                            w(f"s[rg * {MR} + ri, cg * {VW} + ci] = s[rg * {MR} + ri, cg * {VW} + ci] + "
-                              f"qs[rg * {MR} + ri, dd] * kbuf[dd, cg * {VW} + ci]")
+                    _tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = s[rg * {MR} + ri, cg * {VW} + ci] + "
+                                          f"qs[rg * {MR} + ri, dd] * kpk[b, hh, g, kb, dd, cg * {VW} + ci]")
         # score modifiers, then the mask (partial tiles evaluate the residual)
         if prog.score != S.score:
             w(f"for r in range({sh.BMP}):")
@@ -265,12 +275,12 @@ def _key_loop(w, prog, grp, sh, P, Pq, pair_ok, pass_):
                 with w.block():
                     w(f"t = qi * {sh.BM} + r")
                     w(f"u = kb * {sh.BN} + c")
-                    w(f"s[r, c] = T.Select(T.And(kok[c] > T.float32(0), {pair_ok}), s[r, c], T.float32(NEG))")
+                    w(f"s[r, c] = T.Select(T.And(kokp[g, kb, c] > T.float32(0), {pair_ok}), s[r, c], T.float32(NEG))")
             w("else:")
             with w.block():
                 w(f"for c in T.vectorized({sh.BNP}):")
                 with w.block():
-                    w("s[r, c] = T.Select(kok[c] > T.float32(0), s[r, c], T.float32(NEG))")
+                    w("s[r, c] = T.Select(kokp[g, kb, c] > T.float32(0), s[r, c], T.float32(NEG))")
         # normalizer, row by row (8 lanes)
         w(f"for r in range({sh.BMP}):")
         with w.block():
@@ -323,9 +333,13 @@ def _key_loop(w, prog, grp, sh, P, Pq, pair_ok, pass_):
             with w.block():
                 w(f"for c in range({sh.BNP}):")
                 with w.block():
-                    w(f"for ri in T.unroll({MR}):")
-                    with w.block():
-                        w(f"for ji in T.vectorized({PW}):")
-                        with w.block():
-                            w(f"acc[rg * {MR} + ri, jg * {PW} + ji] = acc[rg * {MR} + ri, jg * {PW} + ji] + "
-                              f"s[rg * {MR} + ri, c] * vbuf[c, jg * {PW} + ji]")
+                    _tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci] + "
+                                          f"s[rg * {MR} + ri, c] * vpk[b, hh, g, kb, c, jg * {PW} + ci]")
+
+
+def _tile_loop(w, rows, lanes, body):
+    w(f"for ri in T.unroll({rows}):")
+    with w.block():
+        w(f"for ci in T.vectorized({lanes}):")
+        with w.block():
+            w(body)
