@@ -1,6 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("ATTNCC_VERIFY", "1")      # the IR verifier runs between passes in every test
+# a fresh compiled-kernel cache per run: the suite measures what a new machine does
+os.environ["ATTNCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="attncc-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
