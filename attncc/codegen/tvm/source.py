@@ -16,6 +16,7 @@ import numpy as np
 
 from ...ir import symbols as S
 from ...ir.program import EMPTY, FULL, PARTIAL
+from .hoist import Hoister
 from .printer import TIRPrinter
 
 
@@ -109,8 +110,23 @@ def generate(prog, grp, shape, tables):
     Pq = TIRPrinter({**P.names, S.i: ("qtok[r]", "int"), S.j: ("ktk[g, kb, c]", "int"), S.score: ("s[r, c]", "float"),
                      S.weight: ("s[r, c]", "float")}, P.tables)
     two_pass = norm.kind == "softmax" and bool(prog.post)
-    atom_lookup = (sh.BM != sh.AQ or sh.BN != sh.AK) and grp.residual is not None
-    residual = P(grp.residual, "bool") if grp.residual is not None else "T.bool(True)"
+    # per-pair expressions with their row-only and column-only parts hoisted out
+    hoist = Hoister(row={S.i, S.t}, col={S.j, S.u}, blocked={S.score, S.weight})
+    score = hoist(prog.score)
+    post = hoist(_post_chain(prog))
+    res = hoist(grp.residual) if grp.residual is not None else None
+    row_names = {S.t: ("t", "int"), S.i: ("qtok[r]", "int")}
+    col_names = {S.u: ("u", "int"), S.j: ("ktk[g, kb, c]", "int")}
+    hoisted = []
+    for table, buf, idx, names in ((hoist.rows, "hrow", "r", row_names), (hoist.cols, "hcol", "c", col_names)):
+        for e, sym in table.items():
+            pr = TIRPrinter({**P.names, **names}, P.tables)
+            text, kind = pr.p(e)
+            kind = "int" if kind == "bool" else kind
+            hoisted.append((buf, sym, TIRPrinter.cast(text, pr.p(e)[1], kind), kind))
+            P.names[sym] = Pq.names[sym] = (f"{sym}[{idx}]", kind)
+    atom_lookup = (sh.BM != sh.AQ or sh.BN != sh.AK) and res is not None
+    residual = P(res, "bool") if res is not None else "T.bool(True)"
     if atom_lookup:
         ac = "acls[g, T.min(T.floordiv(t, {AQ}), {NQA1}), T.min(T.floordiv(u, {AK}), {NKA1})]".format(
             AQ=sh.AQ, NQA1=sh.NQA - 1, AK=sh.AK, NKA1=sh.NKA - 1)
@@ -154,12 +170,18 @@ def generate(prog, grp, shape, tables):
                                       ("sm", (sh.BMP,), "float32"), ("lanes", (8,), "float32"),
                                       ("lanes2", (8,), "float32")):
                     w(f"{name} = T.alloc_buffer({shp}, \"{dt}\", scope=\"local\")")
+                for buf, sym, _, kind in hoisted:
+                    n = sh.BMP if buf == "hrow" else sh.BNP
+                    w(f"{sym} = T.alloc_buffer(({n},), \"{'int32' if kind == 'int' else 'float32'}\", scope=\"local\")")
                 # ---- query tile through the query map
                 w(f"for r in range({sh.BMP}):")
                 with w.block():
                     w(f"t = qi * {sh.BM} + r")
                     w(f"qok[r] = T.Cast(\"int32\", T.And(T.And(r < {sh.BM}, t < {sh.LQ}), {P(gat.q_valid, 'bool')}))")
                     w(f"qtok[r] = T.Select(qok[r] != 0, {P(gat.q_token, 'int')}, 0)")
+                    for buf, sym, text, _ in hoisted:
+                        if buf == "hrow":
+                            w(f"{sym}[r] = {text}")
                     w(f"for j in T.vectorized({sh.D}):")
                     with w.block():
                         w(f"qs[r, j] = q[b, h, qtok[r], j] * T.float32({prog.scale!r})")
@@ -169,7 +191,7 @@ def generate(prog, grp, shape, tables):
                     w("mx[r] = T.float32(NEG)")
                     w("sm[r] = T.float32(0)")
                 for pass_ in ((1, 2) if two_pass else (0,)):
-                    _key_loop(w, prog, grp, sh, P, Pq, pair_ok, pass_)
+                    _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted)
                 # ---- epilogue: write through the query map
                 w(f"for r in range({sh.BM}):")
                 with w.block():
@@ -235,7 +257,7 @@ def _post_chain(prog):
     return chain
 
 
-def _key_loop(w, prog, grp, sh, P, Pq, pair_ok, pass_):
+def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted):
     """One sweep over the task's key tiles. pass_ 0: the only pass; 1: statistics only;
     2: weights from the final statistics, post modifiers, PV."""
     gat, norm = grp.gather, prog.norm
@@ -244,11 +266,19 @@ def _key_loop(w, prog, grp, sh, P, Pq, pair_ok, pass_):
         """The post-modified weight as text, with the weight and key token of column `col`
         inlined (TVM miscompiles let-bindings inside vectorized loops: no lets there)."""
         names = {**Pq.names, S.weight: (wexpr, "float"), S.j: (f"ktk[g, kb, {col}]", "int")}
-        return TIRPrinter(names, Pq.tables)(_post_chain(prog), "float")
+        names.update({sym: (f"{sym}[{col}]", k) for buf, sym, _, k in hoisted if buf == "hcol"})
+        return TIRPrinter(names, Pq.tables)(post, "float")
     w("for kk in range(tcnt[g, qi]):")
     with w.block():
         w("kb = tlist[g, qi, kk]")
         w("cls = tcls[g, qi, kk]")
+        cols = [(sym, text) for buf, sym, text, _ in hoisted if buf == "hcol"]
+        if cols:
+            w(f"for c in range({sh.BNP}):")
+            with w.block():
+                w(f"u = kb * {sh.BN} + c")
+                for sym, text in cols:
+                    w(f"{sym}[c] = {text}")
         # S = Q K^T, register tile MR x VW
         MR, VW = sh.MR, sh.VW
         w(f"for rg in range({sh.BMP // MR}):")
@@ -266,7 +296,7 @@ def _key_loop(w, prog, grp, sh, P, Pq, pair_ok, pass_):
             with w.block():
                 w(f"for c in range({sh.BNP}):")
                 with w.block():
-                    w(f"s[r, c] = {Pq(prog.score, 'float')}")
+                    w(f"s[r, c] = {Pq(score, 'float')}")
         w(f"for r in range({sh.BMP}):")
         with w.block():
             w(f"if cls == {PARTIAL}:")
