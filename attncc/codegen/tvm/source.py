@@ -157,13 +157,12 @@ def generate(prog, grp, shape, tables):
         with w.block():
             w('T.func_attr({"global_symbol": "main", "tirx.noalias": True})')
             _pack(w, sh, P, gat)
-            w(f"for task in T.parallel({sh.B * sh.HG * sh.G * sh.NQ}):")
+            items = sh.B * sh.HG * sh.G * sh.NQ
+            chunk = _chunk(items)
+            # a task runs `chunk` consecutive (batch, head, group, query tile) items, so its
+            # scratch buffers are allocated once per task, not once per item
+            w(f"for task in T.parallel({items // chunk}):")
             with w.block():
-                w(f"b = task // {sh.HG * sh.G * sh.NQ}")
-                w(f"hh = task // {sh.G * sh.NQ} % {sh.HG}")
-                w(f"g = task // {sh.NQ} % {sh.G}")
-                w(f"qi = task % {sh.NQ}")
-                w("h = heads[hh]")
                 for name, shp, dt in (("qs", (sh.BMP, sh.D), "float32"), ("qtok", (sh.BMP,), "int32"),
                                       ("qok", (sh.BMP,), "int32"), ("s", (sh.BMP, sh.BNP), "float32"),
                                       ("acc", (sh.BMP, sh.DVP), "float32"), ("mx", (sh.BMP,), "float32"),
@@ -173,6 +172,14 @@ def generate(prog, grp, shape, tables):
                 for buf, sym, _, kind in hoisted:
                     n = sh.BMP if buf == "hrow" else sh.BNP
                     w(f"{sym} = T.alloc_buffer(({n},), \"{'int32' if kind == 'int' else 'float32'}\", scope=\"local\")")
+                w(f"for it in range({chunk}):")
+                w.depth += 1
+                w(f"item = task * {chunk} + it")
+                w(f"b = item // {sh.HG * sh.G * sh.NQ}")
+                w(f"hh = item // {sh.G * sh.NQ} % {sh.HG}")
+                w(f"g = item // {sh.NQ} % {sh.G}")
+                w(f"qi = item % {sh.NQ}")
+                w("h = heads[hh]")
                 # ---- query tile through the query map
                 w(f"for r in range({sh.BMP}):")
                 with w.block():
@@ -206,8 +213,19 @@ def generate(prog, grp, shape, tables):
                             w("o[b, h, qtok[r], j] = acc[r, j] * inv")
                         w("lse[b, h, qtok[r]] = T.Select(sm[r] > T.float32(0), mx[r] + T.log(sm[r]), "
                           "T.reinterpret(\"float32\", T.int32(-8388608)))")
+                w.depth -= 1
         w("return main")
     return "\n".join(w.lines) + "\n"
+
+
+TASKS_PER_THREAD = 16
+
+
+def _chunk(items, threads=2):
+    """Items per parallel task: the largest divisor of `items` that still leaves about
+    TASKS_PER_THREAD tasks per thread for load balance."""
+    want = max(1, items // (TASKS_PER_THREAD * threads))
+    return max(c for c in range(1, want + 1) if items % c == 0)
 
 
 def _pack(w, sh, P, gat):
