@@ -278,7 +278,7 @@ def _post_chain(prog):
 def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted):
     """One sweep over the task's key tiles. pass_ 0: the only pass; 1: statistics only;
     2: weights from the final statistics, post modifiers, PV."""
-    gat, norm = grp.gather, prog.norm
+    norm = prog.norm
 
     def weight(wexpr, col):
         """The post-modified weight as text, with the weight and key token of column `col`
@@ -335,8 +335,8 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted):
             if pass_ == 2:                      # final statistics known: exact weights
                 w(f"for c in range({sh.BNP}):")
                 with w.block():
-                    post = weight("(fexp(s[r, c] - mx[r]) / sm[r])", "c")
-                    w(f"s[r, c] = T.Select(s[r, c] > T.float32(NEG_HALF), {post}, T.float32(0))")
+                    wtext = weight("(fexp(s[r, c] - mx[r]) / sm[r])", "c")
+                    w(f"s[r, c] = T.Select(s[r, c] > T.float32(NEG_HALF), {wtext}, T.float32(0))")
             else:
                 w("for i in T.vectorized(8):")
                 with w.block():
