@@ -42,7 +42,7 @@ def as_table(x):
 class TVMProgram:
     """The compiled kernels of a Program for one set of captured-tensor shapes."""
 
-    def __init__(self, prog, tensors):
+    def __init__(self, prog, tensors, skip=()):
         check(prog)
         self.prog = prog
         meta = _table_meta(prog, tensors)
@@ -51,7 +51,7 @@ class TVMProgram:
         for grp in prog.groups:
             cnt, lst, cls = tile_tables(grp)
             shape = group_shape(prog, grp, lst.shape[-1])
-            src = generate(prog, grp, shape, meta)
+            src = generate(prog, grp, shape, meta, skip)
             comp = compile_source(src, [])          # the source decides the binary
             args = [torch.tensor(grp.heads, dtype=torch.int32), torch.from_numpy(cnt), torch.from_numpy(lst),
                     torch.from_numpy(cls), torch.from_numpy(grp.blocks.classes.astype(np.int32))]

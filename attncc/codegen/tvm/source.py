@@ -101,9 +101,14 @@ class _Writer:
         return _B()
 
 
-def generate(prog, grp, shape, tables):
+PHASES = ("qk", "mask", "softmax", "pv")
+
+
+def generate(prog, grp, shape, tables, skip=()):
     """TVMScript source defining `build()` -> PrimFunc for one head group.
-    `tables`: name -> (shape, kind, tir dtype) of the tensors the expressions read."""
+    `tables`: name -> (shape, kind, tir dtype) of the tensors the expressions read.
+    `skip`: phases of PHASES left out, for profiling only (bench/tvm_phases.py): the result
+    is then wrong by construction."""
     sh, gat, norm = shape, grp.gather, prog.norm
     P = TIRPrinter({S.g: ("g", "int"), S.t: ("t", "int"), S.u: ("u", "int"), S.b: ("b", "int"),
                     S.h: ("h", "int")}, {n: (s, k) for n, (s, k, _) in tables.items()})
@@ -198,7 +203,7 @@ def generate(prog, grp, shape, tables):
                     w("mx[r] = T.float32(NEG)")
                     w("sm[r] = T.float32(0)")
                 for pass_ in ((1, 2) if two_pass else (0,)):
-                    _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted)
+                    _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, set(skip))
                 # ---- epilogue: write through the query map
                 w(f"for r in range({sh.BM}):")
                 with w.block():
@@ -275,7 +280,7 @@ def _post_chain(prog):
     return chain
 
 
-def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted):
+def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip):
     """One sweep over the task's key tiles. pass_ 0: the only pass; 1: statistics only;
     2: weights from the final statistics, post modifiers, PV."""
     norm = prog.norm
@@ -299,9 +304,10 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted):
                     w(f"{sym}[c] = {text}")
         # S = Q K^T, register tile MR x VW
         MR, VW = sh.MR, sh.VW
-        w(f"for rg in range({sh.BMP // MR}):")
+        # key-column blocks outer: a [d, VW] block of K stays in L1 across the row groups
+        w(f"for cg in range({0 if 'qk' in skip else sh.BNP // VW}):")
         with w.block():
-            w(f"for cg in range({sh.BNP // VW}):")
+            w(f"for rg in range({sh.BMP // MR}):")
             with w.block():
                 _tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = T.float32(0)")
                 w(f"for dd in range({sh.D}):")
@@ -315,7 +321,7 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted):
                 w(f"for c in range({sh.BNP}):")
                 with w.block():
                     w(f"s[r, c] = {Pq(score, 'float')}")
-        w(f"for r in range({sh.BMP}):")
+        w(f"for r in range({0 if 'mask' in skip else sh.BMP}):")
         with w.block():
             w(f"if cls == {PARTIAL}:")
             with w.block():
@@ -326,11 +332,12 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted):
                     w(f"s[r, c] = T.Select(T.And(kokp[g, kb, c] > T.float32(0), {pair_ok}), s[r, c], T.float32(NEG))")
             w("else:")
             with w.block():
-                w(f"for c in T.vectorized({sh.BNP}):")
+                # a FULL tile masks only its padding keys (past the extent, or past block_n)
+                w(f"for c in range(T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0), {sh.BNP}):")
                 with w.block():
-                    w("s[r, c] = T.Select(kokp[g, kb, c] > T.float32(0), s[r, c], T.float32(NEG))")
+                    w("s[r, c] = T.float32(NEG)")
         # normalizer, row by row (8 lanes)
-        w(f"for r in range({sh.BMP}):")
+        w(f"for r in range({0 if 'softmax' in skip else sh.BMP}):")
         with w.block():
             if pass_ == 2:                      # final statistics known: exact weights
                 w(f"for c in range({sh.BNP}):")
@@ -375,9 +382,10 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted):
             return
         # acc += P V, register tile MR x PW
         PW = 16 if sh.DVP % 16 == 0 else 8
-        w(f"for rg in range({sh.BMP // MR}):")
+        # value-column blocks outer: a [bn, PW] slice of V stays in L1 across the row groups
+        w(f"for jg in range({0 if 'pv' in skip else sh.DVP // PW}):")
         with w.block():
-            w(f"for jg in range({sh.DVP // PW}):")
+            w(f"for rg in range({sh.BMP // MR}):")
             with w.block():
                 w(f"for c in range({sh.BNP}):")
                 with w.block():
