@@ -96,6 +96,52 @@ def torch_after_attncc(n=15):
     return statistics.median(alone), statistics.median(after)
 
 
+def flex(mask_mod, N, score_mod=None):
+    """FlexAttention (torch.compile) on the unpartitioned sequence with a block mask; its
+    compile time is reported apart."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    bm = create_block_mask(mask_mod, None, None, N, N, device="cpu")
+    fa = torch.compile(flex_attention)
+    return lambda q, k, v: fa(q, k, v, block_mask=bm, score_mod=score_mod)
+
+
+def swin_mask_mod(grid, win, shift):
+    R, C = grid
+
+    def coords(t):
+        r, c = (t // C - shift) % R, (t % C - shift) % C
+        region = lambda x, n: (x >= n - win).long() + (x >= n - shift).long() if shift else x * 0
+        return r // win, c // win, region(r, R), region(c, C)
+
+    def mask_mod(b, h, qi, ki):
+        a, bb = coords(qi), coords(ki)
+        return (a[0] == bb[0]) & (a[1] == bb[1]) & (a[2] == bb[2]) & (a[3] == bb[3])
+    return mask_mod
+
+
+def swin_score_mod(table, grid, win, shift):
+    R, C = grid
+
+    def local(t):
+        return ((t // C - shift) % R) % win, ((t % C - shift) % C) % win
+
+    def score_mod(score, b, h, qi, ki):
+        (ri, ci), (rj, cj) = local(qi), local(ki)
+        return score + table[(ri - rj + win - 1) * (2 * win - 1) + (ci - cj + win - 1), h]
+    return score_mod
+
+
+def natten_mask_mod(grid, kernel):
+    R, C = grid
+
+    def mask_mod(b, h, qi, ki):
+        ri, ci, rj, cj = qi // C, qi % C, ki // C, ki % C
+        sr = (ri - kernel // 2).clamp(0, R - kernel)
+        sc = (ci - kernel // 2).clamp(0, C - kernel)
+        return (rj >= sr) & (rj < sr + kernel) & (cj >= sc) & (cj < sc + kernel)
+    return mask_mod
+
+
 def rows():
     out = {}
     q, k, v = (torch.randn(8, 12, 197, 64) for _ in range(3))
@@ -106,9 +152,15 @@ def rows():
     out["full4096"] = ("full softmax B1 H8 N4096 d64", 4 * 8 * 4096 * 4096 * 64,
                        {"attncc": lambda: kern(q2, k2, v2), "sdpa": lambda: F.scaled_dot_product_attention(q2, k2, v2)})
     kc = ac.compile(ac.Attention(ac.causal()), backend="tvm")
+    fc = flex(lambda b, h, i, j: i >= j, 4096)
     out["causal4096"] = ("causal B1 H8 N4096 d64", 2 * 8 * 4096 * 4097 * 64,
                          {"attncc": lambda: kc(q2, k2, v2),
-                          "sdpa": lambda: F.scaled_dot_product_attention(q2, k2, v2, is_causal=True)})
+                          "sdpa": lambda: F.scaled_dot_product_attention(q2, k2, v2, is_causal=True),
+                          "flex": lambda: fc(q2, k2, v2)})
+    ksw = ac.compile(ac.Attention(ac.sliding_window(256)), backend="tvm")
+    fsw = flex(lambda b, h, i, j: (i >= j) & (i - j <= 256), 4096)
+    out["sliding256"] = ("causal sliding window 256, B1 H8 N4096 d64", 4 * 8 * 4096 * 257 * 64,
+                         {"attncc": lambda: ksw(q2, k2, v2), "flex": lambda: fsw(q2, k2, v2)})
     for shift in (0, 3):
         B, H, grid, win, d = 8, 3, (56, 56), 7, 32
         qs, ks, vs = (torch.randn(B, H, 3136, d) for _ in range(3))
@@ -116,11 +168,18 @@ def rows():
         spec = ac.Attention(ac.window2d(grid, (win, win), (shift, shift)),
                             score_mods=ac.rel_pos_bias("rpb", (win, win)))
         kw = ac.compile(spec, backend="tvm")
+        fw = flex(swin_mask_mod(grid, win, shift), 3136, swin_score_mod(table, grid, win, shift))
         out[f"swin_shift{shift}"] = (
             f"Swin 56x56 win7 shift{shift} B8 H3 d32 (+rpb)", 4 * B * H * 3136 * 49 * d,
             {"attncc": (lambda kw=kw, qs=qs, ks=ks, vs=vs, table=table: kw(qs, ks, vs, rpb=table)),
              "timm procedure": (lambda qs=qs, ks=ks, vs=vs, bias=bias, mask=mask, shift=shift:
-                                swin_timm_procedure(qs, ks, vs, bias, grid, win, shift, mask))})
+                                swin_timm_procedure(qs, ks, vs, bias, grid, win, shift, mask)),
+             "flex": (lambda fw=fw, qs=qs, ks=ks, vs=vs: fw(qs, ks, vs))})
+    qn, kn, vn = (torch.randn(8, 3, 3136, 32) for _ in range(3))
+    kna = ac.compile(ac.Attention(ac.neighborhood2d((56, 56), (7, 7))), backend="tvm")
+    fna = flex(natten_mask_mod((56, 56), 7), 3136)
+    out["neighborhood"] = ("neighborhood 7x7 on 56x56, B8 H3 d32", 4 * 8 * 3 * 3136 * 49 * 32,
+                           {"attncc": lambda: kna(qn, kn, vn), "flex": lambda: fna(qn, kn, vn)})
     return out
 
 
@@ -139,6 +198,11 @@ def main():
     for key, (label, flops, calls) in rows().items():
         if args.only and key not in args.only:
             continue
+        for name, fn in calls.items():                  # first calls: compiles, outside the timing
+            t0 = time.perf_counter()
+            fn()
+            if name == "flex":
+                print(f"(FlexAttention compile + first call for {key}: {time.perf_counter() - t0:.1f} s)")
         t = interleaved(calls, args.rounds)
         for peer, pt in t.items():
             if peer == "attncc":
