@@ -114,7 +114,7 @@ RULES = {
     "routing": _routing,
 }
 # targets whose kernels can gather keys per query (the others tile a dense source instead)
-PER_QUERY_TARGETS = ("reference",)
+PER_QUERY_TARGETS = ("reference", "tvm")
 PRIORITY = ("routing", "neighborhood2d", "window2d", "stripes", "axial", "dilated")
 
 

@@ -25,7 +25,7 @@ def default_plan(grp, dims, target):
     gat = grp.gather
     want = DEFAULTS.get(target, {})
     bn = want.get("block_n", DEFAULT_TILE)
-    if gat.Lk <= want.get("whole_keys", 0):
+    if gat.Lk <= want.get("whole_keys", 0) or gat.per_query:      # a query's own keys are one tile
         bn = -(-gat.Lk // atom(gat.Lk)) * atom(gat.Lk)
     plan = TilePlan(block_m=_tile(gat.Lq, want.get("block_m", DEFAULT_TILE)), block_n=_tile(gat.Lk, bn))
     if "vector" in want:

@@ -5,6 +5,7 @@ import torch
 
 from ...ir import symbols as S
 from .build import compile_source
+from .per_query import generate_per_query
 from .source import generate, group_shape, tile_tables
 
 
@@ -20,9 +21,8 @@ def check(prog):
         raise Unsupported("backend='tvm' does not generate content-dependent routing yet (it arrives with the "
                           "routing issue); use backend='reference'")
     for grp in prog.groups:
-        if grp.gather.per_query:
-            raise Unsupported(f"backend='tvm' got a per-query gather ({grp.gather.kind}); lower with target='tvm'")
         assert S.b not in S.free_index_symbols(grp.gather.k_token), "static key maps do not depend on the batch"
+        assert not grp.gather.per_query or grp.plan.block_n >= grp.gather.Lk, "per-query keys are one tile"
 
 
 def _table_meta(prog, tensors):
@@ -51,7 +51,10 @@ class TVMProgram:
         for grp in prog.groups:
             cnt, lst, cls = tile_tables(grp)
             shape = group_shape(prog, grp, lst.shape[-1])
-            src = generate(prog, grp, shape, meta, skip)
+            if grp.gather.per_query:
+                src = generate_per_query(prog, grp, shape, meta)
+            else:
+                src = generate(prog, grp, shape, meta, skip)
             comp = compile_source(src, [])          # the source decides the binary
             args = [torch.tensor(grp.heads, dtype=torch.int32), torch.from_numpy(cnt), torch.from_numpy(lst),
                     torch.from_numpy(cls), torch.from_numpy(grp.blocks.classes.astype(np.int32))]
