@@ -6,6 +6,7 @@ medians, 2 threads). Prints a markdown table of ratios and writes bench/out/cpu_
 """
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -175,6 +176,31 @@ def rows():
              "timm procedure": (lambda qs=qs, ks=ks, vs=vs, bias=bias, mask=mask, shift=shift:
                                 swin_timm_procedure(qs, ks, vs, bias, grid, win, shift, mask)),
              "flex": (lambda fw=fw, qs=qs, ks=ks, vs=vs: fw(qs, ks, vs))})
+    qa, ka, va = (torch.randn(2, 8, 4096, 64) for _ in range(3))
+    krow = ac.compile(ac.Attention(ac.axial((64, 64), 1)), backend="tvm")
+    kcol = ac.compile(ac.Attention(ac.axial((64, 64), 0)), backend="tvm")
+
+    def axial_sdpa():
+        def grid(x):
+            return x.view(2, 8, 64, 64, 64)
+        rows = F.scaled_dot_product_attention(*(grid(x).transpose(1, 2) for x in (qa, ka, va)))   # [B, R, H, C, d]
+        cols = F.scaled_dot_product_attention(*(grid(x).permute(0, 3, 1, 2, 4) for x in (qa, ka, va)))
+        return rows.transpose(1, 2).reshape(2, 8, 4096, 64), cols.permute(0, 2, 3, 1, 4).reshape(2, 8, 4096, 64)
+
+    out["axial"] = ("axial row then column, 64x64, B2 H8 d64", 2 * 4 * 2 * 8 * 4096 * 64 * 64,
+                    {"attncc": lambda: (krow(qa, ka, va), kcol(qa, ka, va)), "reshape + SDPA": axial_sdpa})
+
+    def sigmoid_eager(q, k, v):
+        s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+        return torch.sigmoid(s - math.log(k.shape[2])) @ v
+
+    ksig = ac.compile(ac.Attention(normalizer=ac.sigmoid()), backend="tvm")
+    out["sigmoid_vit"] = ("sigmoid (b = -log n) B8 H12 N197 d64", 4 * 8 * 12 * 197 * 197 * 64,
+                          {"attncc": lambda: ksig(q, k, v), "eager torch": lambda: sigmoid_eager(q, k, v),
+                           "attncc softmax": lambda: kern(q, k, v)})
+    out["sigmoid_4096"] = ("sigmoid (b = -log n) B1 H8 N4096 d64", 4 * 8 * 4096 * 4096 * 64,
+                           {"attncc": lambda: ksig(q2, k2, v2), "eager torch": lambda: sigmoid_eager(q2, k2, v2),
+                            "attncc softmax": lambda: kern(q2, k2, v2)})
     qn, kn, vn = (torch.randn(8, 3, 3136, 32) for _ in range(3))
     kna = ac.compile(ac.Attention(ac.neighborhood2d((56, 56), (7, 7))), backend="tvm")
     fna = flex(natten_mask_mod((56, 56), 7), 3136)

@@ -44,22 +44,32 @@ class TVMProgram:
 
     def __init__(self, prog, tensors, skip=()):
         check(prog)
-        self.prog = prog
-        meta = _table_meta(prog, tensors)
+        self.prog, self.skip = prog, skip
+        self.meta = _table_meta(prog, tensors)
         self.consts = {c.name: torch.from_numpy(np.ascontiguousarray(c.array, dtype=np.int32)) for c in prog.constants}
-        self.groups = []
-        for grp in prog.groups:
-            cnt, lst, cls = tile_tables(grp)
-            shape = group_shape(prog, grp, lst.shape[-1])
-            if grp.gather.per_query:
-                src = generate_per_query(prog, grp, shape, meta)
-            else:
-                src = generate(prog, grp, shape, meta, skip)
-            comp = compile_source(src, [])          # the source decides the binary
-            args = [torch.tensor(grp.heads, dtype=torch.int32), torch.from_numpy(cnt), torch.from_numpy(lst),
-                    torch.from_numpy(cls), torch.from_numpy(grp.blocks.classes.astype(np.int32))]
-            self.groups.append((comp, args))
-        self.names = list(meta)
+        self.variants = {}
+        self.names = list(self.meta)
+        self.groups = self.kernels(True)
+
+    def kernels(self, stats):
+        """The compiled group kernels; stats=False is the sigmoid variant without the row
+        statistics (compiled on first use, when return_lse is not asked)."""
+        stats = stats or self.prog.norm.kind != "sigmoid"
+        if stats not in self.variants:
+            groups = []
+            for grp in self.prog.groups:
+                cnt, lst, cls = tile_tables(grp)
+                shape = group_shape(self.prog, grp, lst.shape[-1])
+                if grp.gather.per_query:
+                    src = generate_per_query(self.prog, grp, shape, self.meta)
+                else:
+                    src = generate(self.prog, grp, shape, self.meta, self.skip, stats)
+                comp = compile_source(src, [])          # the source decides the binary
+                args = [torch.tensor(grp.heads, dtype=torch.int32), torch.from_numpy(cnt), torch.from_numpy(lst),
+                        torch.from_numpy(cls), torch.from_numpy(grp.blocks.classes.astype(np.int32))]
+                groups.append((comp, args))
+            self.variants[stats] = groups
+        return self.variants[stats]
 
     @property
     def source(self):
@@ -75,7 +85,7 @@ class TVMProgram:
         o = torch.empty(B, H, N, v.shape[-1], dtype=torch.float32)
         lse = torch.empty(B, H, N, dtype=torch.float32)
         tabs = [as_table(tensors[n]) if n in tensors else self.consts[n] for n in self.names]
-        for comp, args in self.groups:
+        for comp, args in self.kernels(return_lse):
             comp.fn(qf, kf, vf, o, lse, *args, *tabs)
         o = o.to(q.dtype)
         return (o, lse) if return_lse else o

@@ -104,11 +104,12 @@ class _Writer:
 PHASES = ("qk", "mask", "softmax", "pv")
 
 
-def generate(prog, grp, shape, tables, skip=()):
+def generate(prog, grp, shape, tables, skip=(), stats=True):
     """TVMScript source defining `build()` -> PrimFunc for one head group.
     `tables`: name -> (shape, kind, tir dtype) of the tensors the expressions read.
     `skip`: phases of PHASES left out, for profiling only (bench/tvm_phases.py): the result
-    is then wrong by construction."""
+    is then wrong by construction. `stats=False` (sigmoid without return_lse) skips the
+    row statistics that only the log-sum-exp needs."""
     sh, gat, norm = shape, grp.gather, prog.norm
     P = TIRPrinter({S.g: ("g", "int"), S.t: ("t", "int"), S.u: ("u", "int"), S.b: ("b", "int"),
                     S.h: ("h", "int")}, {n: (s, k) for n, (s, k, _) in tables.items()})
@@ -203,7 +204,7 @@ def generate(prog, grp, shape, tables, skip=()):
                     w("mx[r] = T.float32(NEG)")
                     w("sm[r] = T.float32(0)")
                 for pass_ in ((1, 2) if two_pass else (0,)):
-                    _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, set(skip))
+                    _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, set(skip), stats)
                 # ---- epilogue: write through the query map
                 w(f"for r in range({sh.BM}):")
                 with w.block():
@@ -280,7 +281,7 @@ def _post_chain(prog):
     return chain
 
 
-def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip):
+def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, stats):
     """One sweep over the task's key tiles. pass_ 0: the only pass; 1: statistics only;
     2: weights from the final statistics, post modifiers, PV."""
     norm = prog.norm
@@ -344,6 +345,11 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip):
                 with w.block():
                     wtext = weight("(fexp(s[r, c] - mx[r]) / sm[r])", "c")
                     w(f"s[r, c] = T.Select(s[r, c] > T.float32(NEG_HALF), {wtext}, T.float32(0))")
+            elif norm.kind == "sigmoid" and not stats:     # weights only: no running max or sum
+                sig = f"(T.float32(1) / (T.float32(1) + fexp(T.float32({-norm.bias!r}) - s[r, c])))"
+                w(f"for c in T.vectorized({sh.BNP}):")
+                with w.block():
+                    w(f"s[r, c] = T.Select(s[r, c] > T.float32(NEG_HALF), {weight(sig, 'c')}, T.float32(0))")
             else:
                 w("for i in T.vectorized(8):")
                 with w.block():
