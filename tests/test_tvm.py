@@ -96,3 +96,13 @@ def test_tvm_kernels_are_cached_on_disk_across_processes(tmp_path):
 def test_tvm_thread_pool_does_not_spin():
     from attncc.codegen.tvm import build        # configures the pool before TVM starts it
     assert build.tvm is not None and os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == "0"
+
+
+SIGMOID_CASES = sorted(n for n in TVM_CASES if isinstance(CASES[n][0].normalizer, type(ac.sigmoid())))
+
+
+@pytest.mark.parametrize("name", SIGMOID_CASES)
+def test_tvm_sigmoid_without_lse_skips_statistics_and_still_matches(name):
+    spec, dims, tensors = CASES[name]
+    q, k, v = make_inputs(dims)
+    check_against_oracle(spec, q, k, v, tensors, lse=False, backend="tvm")
