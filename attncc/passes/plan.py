@@ -18,7 +18,7 @@ def _tile(extent, want):
 # per-target defaults: query tile, key tile (a short key extent is one tile), the CPU
 # micro-kernel's vector lanes and unrolled rows (measured on the 2-core Zen3 machines: 48 x 64
 # tiles with 6 x 16 register tiles at N=4096; one key tile for ViT's 197 keys)
-DEFAULTS = {"tvm": dict(block_m=48, block_n=64, whole_keys=256, vector=16, unroll=6)}
+DEFAULTS = {"tvm": dict(block_m=48, block_n=64, whole_keys=256, whole_queries=256, vector=16, unroll=6)}
 
 
 def default_plan(grp, dims, target):
@@ -27,7 +27,10 @@ def default_plan(grp, dims, target):
     bn = want.get("block_n", DEFAULT_TILE)
     if gat.Lk <= want.get("whole_keys", 0) or gat.per_query:      # a query's own keys are one tile
         bn = -(-gat.Lk // atom(gat.Lk)) * atom(gat.Lk)
-    plan = TilePlan(block_m=_tile(gat.Lq, want.get("block_m", DEFAULT_TILE)), block_n=_tile(gat.Lk, bn))
+    bm = want.get("block_m", DEFAULT_TILE)
+    if gat.Lq <= want.get("whole_queries", 0):         # a short query extent is one tile (less padding)
+        bm = -(-gat.Lq // atom(gat.Lq)) * atom(gat.Lq)
+    plan = TilePlan(block_m=_tile(gat.Lq, bm), block_n=_tile(gat.Lk, bn))
     if "vector" in want:
         # narrow key tiles (a 7x7 window) pad less with 8 lanes; rows unroll by 6 when they divide
         plan = plan.replace(vector=want["vector"] if plan.block_n >= 64 else 8,
