@@ -279,3 +279,10 @@ def test_tile_plan_json_with_unknown_key():
                                                    "'block_n', 'chunk', 'key_split', 'num_stages', 'num_warps', "
                                                    "'unroll', 'vector']")):
         ac.TilePlan.from_json('{"block_m": 64, "blockm": 32}')
+
+
+def test_tvm_backend_with_tensors_off_the_cpu():
+    q = torch.randn(1, 1, 16, 8, device="meta")
+    with pytest.raises(ValueError, match=re.escape("backend='tvm' generates CPU kernels but q is on meta; move the "
+                                                   "tensors to the CPU or use backend='reference'")):
+        ac.compile(ac.Attention(), backend="tvm")(q, q, q)

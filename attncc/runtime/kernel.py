@@ -56,13 +56,20 @@ class Kernel:
         key = (dims, dtype)
         got = self._lowered.get(key)
         if got is None:
-            got = lower(self.spec, dims, dtype, target=self.backend if self.backend != "reference" else "reference")
+            got = lower(self.spec, dims, dtype, target=self.backend)
             self._lowered[key] = got
         self._last = key
         return got
 
     def __call__(self, q, k, v, return_lse=False, **tensors):
         dims, dtype = check_call(self.spec, q, k, v, tensors, return_lse)
+        if self.backend == "tvm" and q.device.type != "cpu":
+            if self.requested != "auto":
+                raise ValueError(f"backend='tvm' generates CPU kernels but q is on {q.device}; move the tensors to "
+                                 "the CPU or use backend='reference' (the Triton backend for GPUs is not built yet)")
+            warnings.warn(f"attncc: no generated backend for {q.device} yet; backend='auto' runs the eager "
+                          "reference", stacklevel=2)
+            return eager.run(self.lower(dims, dtype).program, q, k, v, tensors, return_lse=return_lse)
         if self.backend == "tvm":
             comp = self.compiled(dims, dtype, tensors)
             if comp is not None:
