@@ -3,6 +3,9 @@ against the peers on their fast paths, side by side in one run (warm-up, interle
 medians, 2 threads). Prints a markdown table of ratios and writes bench/out/cpu_attention.json.
 
     python bench/cpu_attention.py [--rounds 5] [--only vit full4096 ...]
+
+Writes bench/out/cpu_attention.{md,json} and, when matplotlib is installed
+(pip install -e '.[bench]'), a bar chart of the speedups bench/out/cpu_attention.png.
 """
 import argparse
 import json
@@ -217,10 +220,15 @@ def main():
     torch.set_num_threads(2)
     mm = torch.randn(2048, 2048)
     sgemm = 2 * 2048 ** 3 / interleaved({"mm": lambda: mm @ mm}, 3)["mm"]
-    results = []
+    results, table = [], []
+
+    def emit(line):
+        print(line, flush=True)
+        table.append(line)
+
     print(f"sgemm (torch.mm 2048^3, 2 threads): {sgemm / 1e9:.1f} GFLOP/s\n")
-    print("| case | attncc ms | peer | peer ms | speedup (peer / attncc) | attncc GFLOP/s | % of sgemm |")
-    print("|---|---|---|---|---|---|---|")
+    emit("| case | attncc ms | peer | peer ms | speedup (peer / attncc) | attncc GFLOP/s | % of sgemm |")
+    emit("|---|---|---|---|---|---|---|")
     for key, (label, flops, calls) in rows().items():
         if args.only and key not in args.only:
             continue
@@ -234,17 +242,46 @@ def main():
             if peer == "attncc":
                 continue
             gf = flops / t["attncc"] / 1e9
-            print(f"| {label} | {t['attncc'] * 1e3:.2f} | {peer} | {pt * 1e3:.2f} | {pt / t['attncc']:.2f}x | "
-                  f"{gf:.1f} | {100 * gf * 1e9 / sgemm:.0f}% |", flush=True)
+            emit(f"| {label} | {t['attncc'] * 1e3:.2f} | {peer} | {pt * 1e3:.2f} | {pt / t['attncc']:.2f}x | "
+                 f"{gf:.1f} | {100 * gf * 1e9 / sgemm:.0f}% |")
             results.append({"case": key, "label": label, "attncc_ms": t["attncc"] * 1e3, "peer": peer,
                             "peer_ms": pt * 1e3, "speedup": pt / t["attncc"]})
     alone, after = torch_after_attncc()
     print(f"\ntorch SDPA (ViT-B shape) alone {alone * 1e3:.2f} ms, right after an attncc kernel {after * 1e3:.2f} ms "
           f"({after / alone:.2f}x)")
-    Path("bench/out").mkdir(parents=True, exist_ok=True)
-    Path("bench/out/cpu_attention.json").write_text(json.dumps(
+    out = Path("bench/out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cpu_attention.json").write_text(json.dumps(
         {"sgemm_gflops": sgemm / 1e9, "rows": results, "sdpa_alone_ms": alone * 1e3, "sdpa_after_attncc_ms": after * 1e3},
         indent=1))
+    (out / "cpu_attention.md").write_text(f"sgemm {sgemm / 1e9:.1f} GFLOP/s\n\n" + "\n".join(table) + "\n")
+    chart(results, out / "cpu_attention.png")
+
+
+def chart(results, path):
+    """Horizontal bars of peer time / attncc time (right of 1 = attncc faster)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(no chart: pip install -e '.[bench]' for matplotlib)")
+        return
+    labels = [f"{r['label']}\nvs {r['peer']}" for r in results]
+    speed = [r["speedup"] for r in results]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(results) + 1.2))
+    ax.barh(range(len(results)), speed, color=["tab:green" if x >= 1 else "tab:red" for x in speed])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(results)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup of attncc (peer time / attncc time, log scale)")
+    ax.set_title("attncc TVM backend vs peers, CPU, 2 threads")
+    for y, x in enumerate(speed):
+        ax.text(x, y, f" {x:.2f}x", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path}")
 
 
 if __name__ == "__main__":
