@@ -5,7 +5,7 @@ the row in one pass (the row's keys are one tile), and combined with their value
 from ...ir import symbols as S
 from ...ir.program import FULL, PARTIAL
 from .printer import TIRPrinter
-from .source import _chunk, _post_chain, _Writer
+from .source import _chunk, _post_chain, _Writer, kernel_params, task_item
 
 
 def generate_per_query(prog, grp, sh, tables):
@@ -29,17 +29,7 @@ def generate_per_query(prog, grp, sh, tables):
     w("def build():")
     with w.block():
         w("@T.prim_func")
-        params = [f"q: T.Buffer(({sh.B}, {sh.H}, {sh.N}, {sh.D}), \"float32\")",
-                  f"k: T.Buffer(({sh.B}, {sh.H}, {sh.M}, {sh.D}), \"float32\")",
-                  f"v: T.Buffer(({sh.B}, {sh.H}, {sh.M}, {sh.DV}), \"float32\")",
-                  f"o: T.Buffer(({sh.B}, {sh.H}, {sh.N}, {sh.DV}), \"float32\")",
-                  f"lse: T.Buffer(({sh.B}, {sh.H}, {sh.N}), \"float32\")",
-                  f"heads: T.Buffer(({sh.HG},), \"int32\")",
-                  f"tcnt: T.Buffer(({sh.G}, {sh.NQ}), \"int32\")",
-                  f"tlist: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
-                  f"tcls: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
-                  f"acls: T.Buffer(({sh.G}, {sh.NQA}, {sh.NKA}), \"int32\")"]
-        params += [f"{n}: T.Buffer({tuple(s)}, \"{dt}\")" for n, (s, _, dt) in tables.items()]
+        params = kernel_params(sh, tables)
         w("def main(" + ", ".join(params) + "):")
         with w.block():
             w('T.func_attr({"global_symbol": "main", "tirx.noalias": True})')
@@ -53,12 +43,7 @@ def generate_per_query(prog, grp, sh, tables):
                     w(f"{name} = T.alloc_buffer(({n},), \"{dt}\", scope=\"local\")")
                 w(f"for it in range({chunk}):")
                 with w.block():
-                    w(f"item = task * {chunk} + it")
-                    w(f"b = item // {sh.HG * sh.G * sh.NQ}")
-                    w(f"hh = item // {sh.G * sh.NQ} % {sh.HG}")
-                    w(f"g = item // {sh.NQ} % {sh.G}")
-                    w(f"qi = item % {sh.NQ}")
-                    w("h = heads[hh]")
+                    task_item(w, sh, chunk)
                     w(f"for r in range({sh.BM}):")
                     with w.block():
                         w(f"t = qi * {sh.BM} + r")

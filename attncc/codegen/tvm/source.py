@@ -148,17 +148,7 @@ def generate(prog, grp, shape, tables, skip=(), stats=True):
     w("def build():")
     with w.block():
         w("@T.prim_func")
-        params = [f"q: T.Buffer(({sh.B}, {sh.H}, {sh.N}, {sh.D}), \"float32\")",
-                  f"k: T.Buffer(({sh.B}, {sh.H}, {sh.M}, {sh.D}), \"float32\")",
-                  f"v: T.Buffer(({sh.B}, {sh.H}, {sh.M}, {sh.DV}), \"float32\")",
-                  f"o: T.Buffer(({sh.B}, {sh.H}, {sh.N}, {sh.DV}), \"float32\")",
-                  f"lse: T.Buffer(({sh.B}, {sh.H}, {sh.N}), \"float32\")",
-                  f"heads: T.Buffer(({sh.HG},), \"int32\")",
-                  f"tcnt: T.Buffer(({sh.G}, {sh.NQ}), \"int32\")",
-                  f"tlist: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
-                  f"tcls: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
-                  f"acls: T.Buffer(({sh.G}, {sh.NQA}, {sh.NKA}), \"int32\")"]
-        params += [f"{n}: T.Buffer({tuple(s)}, \"{dt}\")" for n, (s, _, dt) in tables.items()]
+        params = kernel_params(sh, tables)
         w("def main(" + ", ".join(params) + "):")
         with w.block():
             w('T.func_attr({"global_symbol": "main", "tirx.noalias": True})')
@@ -180,12 +170,7 @@ def generate(prog, grp, shape, tables, skip=(), stats=True):
                     w(f"{sym} = T.alloc_buffer(({n},), \"{'int32' if kind == 'int' else 'float32'}\", scope=\"local\")")
                 w(f"for it in range({chunk}):")
                 w.depth += 1
-                w(f"item = task * {chunk} + it")
-                w(f"b = item // {sh.HG * sh.G * sh.NQ}")
-                w(f"hh = item // {sh.G * sh.NQ} % {sh.HG}")
-                w(f"g = item // {sh.NQ} % {sh.G}")
-                w(f"qi = item % {sh.NQ}")
-                w("h = heads[hh]")
+                task_item(w, sh, chunk)
                 # ---- query tile through the query map
                 w(f"for r in range({sh.BMP}):")
                 with w.block():
@@ -222,6 +207,32 @@ def generate(prog, grp, shape, tables, skip=(), stats=True):
                 w.depth -= 1
         w("return main")
     return "\n".join(w.lines) + "\n"
+
+
+def kernel_params(sh, tables):
+    """The generated kernel's parameters: q, k, v, o, lse, the head list, the tile tables and
+    the tensors the expressions read."""
+    params = [f"q: T.Buffer(({sh.B}, {sh.H}, {sh.N}, {sh.D}), \"float32\")",
+              f"k: T.Buffer(({sh.B}, {sh.H}, {sh.M}, {sh.D}), \"float32\")",
+              f"v: T.Buffer(({sh.B}, {sh.H}, {sh.M}, {sh.DV}), \"float32\")",
+              f"o: T.Buffer(({sh.B}, {sh.H}, {sh.N}, {sh.DV}), \"float32\")",
+              f"lse: T.Buffer(({sh.B}, {sh.H}, {sh.N}), \"float32\")",
+              f"heads: T.Buffer(({sh.HG},), \"int32\")",
+              f"tcnt: T.Buffer(({sh.G}, {sh.NQ}), \"int32\")",
+              f"tlist: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
+              f"tcls: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
+              f"acls: T.Buffer(({sh.G}, {sh.NQA}, {sh.NKA}), \"int32\")"]
+    return params + [f"{n}: T.Buffer({tuple(s)}, \"{dt}\")" for n, (s, _, dt) in tables.items()]
+
+
+def task_item(w, sh, chunk):
+    """Decompose the `it`-th item of a parallel task into (batch, head, group, query tile)."""
+    w(f"item = task * {chunk} + it")
+    w(f"b = item // {sh.HG * sh.G * sh.NQ}")
+    w(f"hh = item // {sh.G * sh.NQ} % {sh.HG}")
+    w(f"g = item // {sh.NQ} % {sh.G}")
+    w(f"qi = item % {sh.NQ}")
+    w("h = heads[hh]")
 
 
 TASKS_PER_THREAD = 16
