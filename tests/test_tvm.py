@@ -93,9 +93,15 @@ def test_tvm_kernels_are_cached_on_disk_across_processes(tmp_path):
     assert list(tmp_path.glob("tvm/*.so"))
 
 
-def test_tvm_thread_pool_does_not_spin():
+def test_tvm_thread_pool_does_not_spin_and_runs_torchs_thread_count():
     from attncc.codegen.tvm import build        # configures the pool before TVM starts it
     assert build.tvm is not None and os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == "0"
+    # TVM's own default is half the logical CPUs (one thread on a 2-vCPU machine)
+    script = "import torch, attncc.codegen.tvm.build, os; print(os.environ['TVM_NUM_THREADS'], torch.get_num_threads())"
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    got, want = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                               timeout=120).stdout.split()
+    assert got == want
 
 
 SIGMOID_CASES = sorted(n for n in TVM_CASES if isinstance(CASES[n][0].normalizer, type(ac.sigmoid())))

@@ -7,9 +7,14 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from ...version import __version__
 
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")   # idle TVM workers must not starve torch
+# TVM's default pool size is half the logical CPUs (it assumes two hyperthreads per core): on
+# a 2-vCPU machine that is one thread. Run as many threads as torch does unless the user says.
+os.environ.setdefault("TVM_NUM_THREADS", str(torch.get_num_threads()))
 
 import tvm  # noqa: E402
 from tvm.target import codegen as _codegen  # noqa: E402
