@@ -44,13 +44,6 @@ def test_unknown_backend():
         ac.compile(ac.Attention(), backend="nope")
 
 
-def test_backend_not_built():
-    with pytest.raises(NotImplementedError, match=re.escape("backend 'triton' is not available in this version "
-                                                            "of attncc (available: reference, tvm); use "
-                                                            "backend='reference'")):
-        ac.compile(ac.Attention(), backend="triton")
-
-
 @pytest.mark.parametrize("spec, why", [
     (ac.Attention(normalizer=ac.linear()), "backend='tvm' does not generate linear attention yet"),
     (ac.Attention(ac.routing((4, 4), (2, 2), 1)), "backend='tvm' does not generate content-dependent routing yet"),

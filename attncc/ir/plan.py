@@ -54,17 +54,18 @@ class TilePlan:
 @dataclass(frozen=True)
 class FastMemory:
     """The fast memory a tile's working set must fit: L2 per core on a CPU, shared memory per
-    SM on a GPU (bytes)."""
+    SM on a GPU (bytes). kind "cache" is judged by working_set, "smem" by shared_memory."""
     name: str
     bytes: int
+    kind: str = "cache"
 
 
 FAST_MEMORY = {
     "reference": FastMemory("reference (L2 per core)", 1 << 20),
     "cpu": FastMemory("cpu L2 per core", 1 << 20),
     "tvm": FastMemory("cpu L2 per core", 1 << 20),
-    "sm_80": FastMemory("sm_80 shared memory per SM", 163 * 1024),
-    "sm_90": FastMemory("sm_90 shared memory per SM", 227 * 1024),
+    "sm_80": FastMemory("sm_80 shared memory per SM", 163 * 1024, "smem"),
+    "sm_90": FastMemory("sm_90 shared memory per SM", 227 * 1024, "smem"),
 }
 
 
@@ -74,5 +75,19 @@ def working_set(plan, d, dv, elem_bytes=4):
     return elem_bytes * (m * d + n * d + n * dv + m * n + m * dv)
 
 
+def _pow2(n, least=16):
+    return max(least, 1 << (max(1, n) - 1).bit_length())
+
+
+def shared_memory(plan, d, dv, elem_bytes=2):
+    """Bytes of shared memory a generated Triton kernel of this plan stages: the query tile
+    once, and num_stages buffers of a key tile and a value tile (software pipelining); tiles
+    and head dims are padded to powers of two of at least 16, as the kernel pads them."""
+    m, n, dp, dvp = (_pow2(x) for x in (plan.block_m, plan.block_n, d, dv))
+    return elem_bytes * (m * dp + plan.num_stages * n * (dp + dvp))
+
+
 def fits(plan, d, dv, target, elem_bytes=4):
-    return working_set(plan, d, dv, elem_bytes) <= FAST_MEMORY[target].bytes
+    mem = FAST_MEMORY[target]
+    need = shared_memory(plan, d, dv, elem_bytes) if mem.kind == "smem" else working_set(plan, d, dv, elem_bytes)
+    return need <= mem.bytes

@@ -19,9 +19,19 @@ def _tile(extent, want):
 # micro-kernel's vector lanes and unrolled rows (measured on the 2-core Zen3 machines: 48 x 64
 # tiles with 6 x 16 register tiles at N=4096; one key tile for ViT's 197 keys)
 DEFAULTS = {"tvm": dict(block_m=48, block_n=64, whole_keys=256, whole_queries=256, vector=16, unroll=6)}
+# Triton on NVIDIA GPUs: 128-query x 64-key tiles with K and V pipelined over 3 stages, 4 warps
+# (8 for head dims over 64); the shared-memory model (ir/plan.py) prunes what does not fit
+DEFAULTS["sm_80"] = dict(block_m=128, block_n=64, num_warps=4, wide_warps=8, num_stages=3)
+DEFAULTS["sm_90"] = dict(block_m=128, block_n=64, num_warps=4, wide_warps=8, num_stages=3)
+# bytes per element of the tiles a GPU kernel stages, by input dtype (CPU kernels work in fp32)
+ELEM_BYTES = {"float16": 2, "bfloat16": 2}
 
 
-def default_plan(grp, dims, target):
+def _elem_bytes(prog):
+    return ELEM_BYTES.get(prog.dtype, 4) if FAST_MEMORY[prog.target].kind == "smem" else 4
+
+
+def default_plan(grp, dims, target, elem_bytes=4):
     gat = grp.gather
     want = DEFAULTS.get(target, {})
     bn = want.get("block_n", DEFAULT_TILE)
@@ -35,12 +45,17 @@ def default_plan(grp, dims, target):
         # narrow key tiles (a 7x7 window) pad less with 8 lanes; rows unroll by 6 when they divide
         plan = plan.replace(vector=want["vector"] if plan.block_n >= 64 else 8,
                             unroll=want["unroll"] if plan.block_m % want["unroll"] == 0 else 4)
+    if "num_warps" in want:
+        plan = plan.replace(num_warps=want["wide_warps"] if max(dims.d, dims.dv) > 64 else want["num_warps"],
+                            num_stages=want["num_stages"])
     aq, ak = atom(gat.Lq), atom(gat.Lk)
-    while not fits(plan, dims.d, dims.dv, target):
+    while not fits(plan, dims.d, dims.dv, target, elem_bytes):
         if plan.block_n > ak:
             plan = plan.replace(block_n=max(ak, plan.block_n // 2 // ak * ak))
         elif plan.block_m > aq:
             plan = plan.replace(block_m=max(aq, plan.block_m // 2 // aq * aq))
+        elif plan.num_stages > 1:
+            plan = plan.replace(num_stages=plan.num_stages - 1)
         else:
             raise ValueError(f"no tile of head dims d={dims.d}, dv={dims.dv} fits {FAST_MEMORY[target].name} "
                              f"({FAST_MEMORY[target].bytes} bytes) for target {target!r}")
@@ -52,7 +67,7 @@ def plan(prog, plans=None):
     given, else the target's default."""
     for k, grp in enumerate(prog.groups):
         if plans is None:
-            p = default_plan(grp, prog.dims, prog.target)
+            p = default_plan(grp, prog.dims, prog.target, _elem_bytes(prog))
         else:
             p = plans[k] if isinstance(plans, (tuple, list)) else plans
         aq, ak = grp.blocks.atom

@@ -15,7 +15,19 @@ from .autograd import differentiable
 from .inputs import check_call
 
 BACKENDS = ("auto", "tvm", "triton", "reference")
-AVAILABLE = ("reference", "tvm")
+
+
+def available():
+    """The backends this installation can run (triton needs the triton package)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return ("reference", "tvm")
+    return ("reference", "tvm", "triton")
+
+
+class InterpreterWarning(UserWarning):
+    """backend='triton' ran Triton's interpreter on CPU tensors: correct, slow, for testing."""
 
 
 def _resolve(backend, device="cpu"):
@@ -23,10 +35,21 @@ def _resolve(backend, device="cpu"):
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if backend == "auto":
         return "tvm" if device == "cpu" else "reference"
-    if backend not in AVAILABLE:
-        raise NotImplementedError(f"backend {backend!r} is not available in this version of attncc "
-                                  f"(available: {', '.join(AVAILABLE)}); use backend='reference'")
+    if backend not in available():
+        raise NotImplementedError(f"backend {backend!r} is not available in this installation of attncc "
+                                  f"(available: {', '.join(available())}); pip install triton, or use "
+                                  "backend='reference'")
     return backend
+
+
+def triton_target(device):
+    """The Triton plan target for a device: sm_90 for compute capability 9.0 and newer, else
+    sm_80 (also for CPU tensors, which run under the interpreter with sm_80's plans)."""
+    if getattr(device, "type", device) == "cuda":
+        import torch
+        major, _ = torch.cuda.get_device_capability(device)
+        return "sm_90" if major >= 9 else "sm_80"
+    return "sm_80"
 
 
 class Kernel:
@@ -50,23 +73,33 @@ class Kernel:
         self._lowered = {}
         self._compiled = {}
         self._last = None
+        self._warned = False
 
-    def lower(self, dims, dtype="float32"):
-        """The Lowered pipeline result for these dims (cached)."""
-        key = (dims, dtype)
+    def lower(self, dims, dtype="float32", target=None):
+        """The Lowered pipeline result for these dims (cached). `target` defaults to the
+        backend's (the triton backend plans for sm_80 unless a call's device says sm_90)."""
+        target = target or self._target
+        key = (dims, dtype, target)
         got = self._lowered.get(key)
         if got is None:
-            got = lower(self.spec, dims, dtype, target=self.backend)
+            got = lower(self.spec, dims, dtype, target=target)
             self._lowered[key] = got
-        self._last = key
+        self._last = (dims, dtype)
         return got
+
+    @property
+    def _target(self):
+        return "sm_80" if self.backend == "triton" else self.backend
 
     def __call__(self, q, k, v, return_lse=False, **tensors):
         dims, dtype = check_call(self.spec, q, k, v, tensors, return_lse)
+        if self.backend == "triton" or (self.requested == "auto" and q.device.type == "cuda"
+                                        and "triton" in available()):
+            return self._run_triton(q, k, v, tensors, return_lse, dims, dtype)
         if self.backend == "tvm" and q.device.type != "cpu":
             if self.requested != "auto":
                 raise ValueError(f"backend='tvm' generates CPU kernels but q is on {q.device}; move the tensors to "
-                                 "the CPU or use backend='reference' (the Triton backend for GPUs is not built yet)")
+                                 "the CPU or use backend='reference' (or backend='triton' on a CUDA GPU)")
             warnings.warn(f"attncc: no generated backend for {q.device} yet; backend='auto' runs the eager "
                           "reference", stacklevel=2)
             return eager.run(self.lower(dims, dtype).program, q, k, v, tensors, return_lse=return_lse)
@@ -76,6 +109,38 @@ class Kernel:
                 return differentiable(comp, comp.prog, q, k, v, tensors, return_lse)
         low = self.lower(dims, dtype)
         return eager.run(low.program, q, k, v, tensors, return_lse=return_lse)
+
+    def _run_triton(self, q, k, v, tensors, return_lse, dims, dtype):
+        if q.device.type == "cpu":
+            if not self._warned:
+                warnings.warn("attncc: backend='triton' with CPU tensors runs Triton's interpreter: correct but slow, "
+                              "for testing only; use backend='tvm' (or 'auto') for CPU speed, or CUDA tensors",
+                              InterpreterWarning, stacklevel=3)
+                self._warned = True
+        elif q.device.type != "cuda":
+            raise ValueError(f"backend='triton' runs on CUDA tensors (or CPU tensors under Triton's interpreter, "
+                             f"for testing) but q is on {q.device}; move the tensors to a CUDA device")
+        comp = self.compiled_triton(dims, dtype, tensors, triton_target(q.device))
+        if comp is None:
+            return eager.run(self.lower(dims, dtype).program, q, k, v, tensors, return_lse=return_lse)
+        return differentiable(comp, comp.prog, q, k, v, tensors, return_lse)
+
+    def compiled_triton(self, dims, dtype, tensors, target="sm_80"):
+        """The generated Triton program for these shapes and plan target (None when
+        backend='auto' had to fall back to the reference, with a warning saying why)."""
+        key = ("triton", target, dims, dtype,
+               tuple((n, tuple(x.shape), x.is_floating_point()) for n, x in sorted(tensors.items())))
+        if key not in self._compiled:
+            from ..codegen.triton.backend import TritonProgram, Unsupported
+            try:
+                self._compiled[key] = TritonProgram(self.lower(dims, dtype, target).program, tensors)
+            except Unsupported as e:
+                if self.requested != "auto":
+                    raise
+                warnings.warn(f"attncc: {e}; backend='auto' runs the eager reference for this spec", stacklevel=4)
+                self._compiled[key] = None
+        self._last = (dims, dtype)
+        return self._compiled[key]
 
     def compiled(self, dims, dtype, tensors):
         """The generated program for these shapes (None when backend='auto' had to fall back to
@@ -113,7 +178,7 @@ class Kernel:
                 f"backend: {self.backend} (asked: {self.requested!r}); lowering took {low.seconds * 1e3:.1f} ms"]
         tail = ["generated source: none (the eager reference backend interprets the IR)"]
         if self.backend == "tvm":
-            comp = [c for (d, t, _), c in self._compiled.items() if (d, t) == (dims, dtype)]
+            comp = [c for key, c in self._compiled.items() if len(key) == 3 and key[:2] == (dims, dtype)]
             if not comp and not self.spec.captured():
                 comp = [self.compiled(dims, dtype, {})]
             if comp and comp[0] is not None:
@@ -124,6 +189,17 @@ class Kernel:
                 tail = ["generated source: none (backend='auto' runs the reference for this spec)"]
             else:
                 tail = ["generated source: compiled at the first call (captured tensor shapes decide it)"]
+        if self.backend == "triton":
+            comp = [c for key, c in self._compiled.items() if key[0] == "triton" and key[2:4] == (dims, dtype)]
+            if not comp and not self.spec.captured():
+                comp = [self.compiled_triton(dims, dtype, {})]
+            if comp:
+                c = comp[0]
+                plans = "; ".join(f"heads {g.grp.heads}: {g.grp.plan}" for g in c.groups)
+                tail = [f"=== generated Triton source (generated in {c.seconds:.2f} s; "
+                        f"plans for {c.prog.target}: {plans})", c.source]
+            else:
+                tail = ["generated source: generated at the first call (captured tensor shapes decide it)"]
         text = "\n".join(head) + "\n" + low.explain() + "\n" + "\n".join(tail)
         if file is not None:
             print(text, file=sys.stdout if file == "stdout" else file)

@@ -1,0 +1,224 @@
+"""The Triton backend's entry points: generate one kernel per head group from a lowered
+Program, load it from a real module file (triton.jit reads a kernel's source from its file),
+and launch it on torch tensors: compiled for a CUDA device, or run by Triton's interpreter on
+CPU tensors (correctness only, slow).
+
+The generated module defines an undecorated function; this module wraps it itself, in a
+JITFunction for a GPU or in the interpreter's InterpretedFunction for CPU tensors. That
+choice is made here, per call, instead of by TRITON_INTERPRET at the moment the module is
+imported: the variable is read when a kernel is decorated, so setting it in a process that
+already imported triton (or unsetting it for a GPU in the same process) would not work
+reliably.
+"""
+import contextlib
+import hashlib
+import importlib.util
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...ir import symbols as S
+from ...version import __version__
+from .source import KERNEL, generate, group_shape, tile_tables
+
+
+class Unsupported(NotImplementedError):
+    """A spec the Triton backend cannot serve yet (the message says why and what to use)."""
+
+
+def check(prog):
+    if prog.norm.kind == "linear":
+        raise Unsupported("backend='triton' does not generate linear attention yet (it arrives with the routing and "
+                          "linear attention issue); use backend='reference'")
+    if prog.prologues:
+        raise Unsupported("backend='triton' does not generate content-dependent routing yet (it arrives with the "
+                          "routing issue); use backend='reference'")
+    for grp in prog.groups:
+        assert not grp.gather.per_query, "the Triton target tiles a dense key source for per-query gathers"
+        assert S.b not in S.free_index_symbols(grp.gather.k_token), "static key maps do not depend on the batch"
+
+
+def table_meta(prog, tensors):
+    """IR table name -> (kernel parameter, shape, kind) for captured tensors and constants."""
+    meta = {}
+    for name, x in tensors.items():
+        meta[name] = (f"tab_{name}", tuple(x.shape), "float" if x.is_floating_point() else "int")
+    for c in prog.constants:
+        meta[c.name] = (f"tab_{c.name}", tuple(c.array.shape), "int")
+    return meta
+
+
+def as_table(x, device):
+    x = x.to(device)
+    return (x.to(torch.float32) if x.is_floating_point() else x.to(torch.int32)).contiguous()
+
+
+def cache_dir():
+    root = os.environ.get("ATTNCC_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "attncc")
+    path = Path(root) / "triton"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+_MODULES = {}
+
+
+def load_source(source):
+    """The generated kernel function of `source`, imported from a file in the cache directory
+    (named by the hash of the source and the attncc version)."""
+    key = hashlib.sha256(f"{__version__}\n{source}".encode()).hexdigest()[:24]
+    fn = _MODULES.get(key)
+    if fn is None:
+        path = cache_dir() / f"attncc_triton_{key}.py"
+        if not path.exists() or path.read_text() != source:
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(source)
+            os.replace(tmp, path)           # atomic: concurrent processes never see half a file
+        name = f"attncc_triton_{key}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod             # inspect.getsource (used by triton) finds it
+        spec.loader.exec_module(mod)
+        from triton.runtime.jit import JITFunction
+        for helper in mod.HELPERS:           # device functions the kernel calls are jitted
+            setattr(mod, helper, JITFunction(getattr(mod, helper)))
+        fn = _MODULES[key] = getattr(mod, KERNEL)
+    return fn
+
+
+_WRAPPED = {}
+_STDLIB_LOCK = threading.Lock()
+
+
+def _bf16_as_fp32(handle):
+    """An interpreter tensor of bfloat16 (stored as uint16 bit patterns) as exact float32."""
+    from triton.runtime.interpreter import TensorHandle
+    import triton.language as tl
+    data = (handle.data.astype(np.uint32) << 16).view(np.float32)
+    return TensorHandle(data, tl.float32)
+
+
+@contextlib.contextmanager
+def interpreter_patches(*modules):
+    """Make the interpreter run generated kernels whatever the import order, for the duration
+    of an interpreted launch (then restore everything):
+
+    - Triton's standard-library functions (tl.zeros, tl.max, tl.sum ...) are themselves jitted
+      when triton is imported; without TRITON_INTERPRET=1 at that moment they cannot run under
+      the interpreter, so interpreted versions of them are swapped in;
+    - the interpreter's tl.dot multiplies bfloat16 operands as their uint16 bit patterns
+      (triton 3.9); they are widened to float32 first, which is exact (the GPU's bf16 MMA also
+      multiplies exactly and accumulates in fp32)."""
+    import triton.experimental.gluon  # noqa: F401  (imported lazily by a launch; it checks the stdlib is jitted)
+    import triton.language as tl
+    from triton.language import standard
+    from triton.runtime import interpreter
+    from triton.runtime.jit import JITFunction
+    builder = interpreter.interpreter_builder
+    with _STDLIB_LOCK:
+        saved = []
+        for mod in (tl, standard, *modules):
+            for name, member in list(vars(mod).items()):
+                if isinstance(member, JITFunction):
+                    saved.append((mod, name, member))
+                    setattr(mod, name, interpreter.InterpretedFunction(member.fn))
+        dot = builder.create_dot
+
+        def create_dot(a, b, d, *args):
+            if a.dtype == tl.bfloat16:
+                a = _bf16_as_fp32(a)
+            if b.dtype == tl.bfloat16:
+                b = _bf16_as_fp32(b)
+            return dot(a, b, d, *args)
+        builder.create_dot = create_dot
+        try:
+            yield
+        finally:
+            del builder.create_dot                # back to the class's method
+            for mod, name, member in saved:
+                setattr(mod, name, member)
+
+
+def wrap(fn, interpret):
+    """The launchable kernel: Triton's interpreter for CPU tensors, else a JITFunction."""
+    key = (fn, interpret)
+    got = _WRAPPED.get(key)
+    if got is None:
+        if interpret:
+            from triton.runtime.interpreter import InterpretedFunction
+            got = InterpretedFunction(fn)
+        else:
+            from triton.runtime.jit import JITFunction
+            got = JITFunction(fn)
+        _WRAPPED[key] = got
+    return got
+
+
+class GroupKernel:
+    """One head group's generated kernel and the static tables it reads."""
+
+    def __init__(self, prog, grp, meta):
+        cnt, lst, cls = tile_tables(grp)
+        self.grp = grp
+        self.shape = group_shape(prog, grp, lst.shape[-1])
+        t0 = time.perf_counter()
+        self.source = generate(prog, grp, self.shape, meta)
+        self.fn = load_source(self.source)
+        self.seconds = time.perf_counter() - t0
+        self.tables = [torch.tensor(grp.heads, dtype=torch.int32), torch.from_numpy(cnt), torch.from_numpy(lst),
+                       torch.from_numpy(cls), torch.from_numpy(grp.blocks.classes.astype(np.int32))]
+        self._on = {}
+
+    def tables_on(self, device):
+        key = str(device)
+        if key not in self._on:
+            self._on[key] = [t.to(device) for t in self.tables]
+        return self._on[key]
+
+    def launch(self, q, k, v, o, lse, tabs, stats):
+        interpret = q.device.type == "cpu"
+        kern = wrap(self.fn, interpret)
+        plan = self.grp.plan
+        with interpreter_patches(sys.modules[self.fn.__module__]) if interpret else contextlib.nullcontext():
+            kern[(self.shape.programs,)](q, k, v, o, lse, *self.tables_on(q.device), *tabs, STATS=stats,
+                                         num_warps=plan.num_warps, num_stages=plan.num_stages)
+
+
+class TritonProgram:
+    """The generated kernels of a Program for one set of captured-tensor shapes."""
+
+    def __init__(self, prog, tensors):
+        check(prog)
+        self.prog = prog
+        self.meta = table_meta(prog, tensors)
+        self.names = list(self.meta)
+        self.consts = {c.name: torch.from_numpy(np.ascontiguousarray(c.array, dtype=np.int32))
+                       for c in prog.constants}
+        self.groups = [GroupKernel(prog, grp, self.meta) for grp in prog.groups]
+
+    @property
+    def source(self):
+        return "\n".join(g.source for g in self.groups)
+
+    @property
+    def seconds(self):
+        return sum(g.seconds for g in self.groups)
+
+    def __call__(self, q, k, v, tensors, return_lse=False):
+        dt = q.dtype if q.dtype != torch.float64 else torch.float32   # fp64 runs in fp32 (fp32 accumulation)
+        qc, kc, vc = (x.to(dt).contiguous() for x in (q, k, v))
+        B, H, N, _ = q.shape
+        o = torch.empty(B, H, N, v.shape[-1], dtype=dt, device=q.device)
+        lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
+        tabs = [as_table(tensors[n], q.device) if n in tensors else self.consts[n].to(q.device) for n in self.names]
+        stats = bool(return_lse) or self.prog.norm.kind != "sigmoid"
+        for g in self.groups:
+            g.launch(qc, kc, vc, o, lse, tabs, stats)
+        o = o.to(q.dtype)
+        return (o, lse) if return_lse else o

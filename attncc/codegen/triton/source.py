@@ -1,0 +1,308 @@
+"""Generate the Triton source of one head group's kernel from the lowered IR.
+
+One program per (batch, head of the group, gather group, query tile), a 1-D grid with the
+query tile fastest (neighbouring programs share their key tiles in L2). A program loads its
+query tile straight from the unpartitioned [B, H, N, d] layout through the query index map,
+then loops over only the non-empty key tiles of its (group, query tile), read from the tile
+tables of the static block classification (empty tiles are never loaded). Each key tile is
+loaded through the key index map (no gather copies, no window partition, no roll); the
+residual mask is evaluated only on PARTIAL tiles (FULL tiles mask only their padding keys).
+Softmax is online in fp32 (running max and sum); sigmoid needs no statistics (they are kept
+only for the log-sum-exp, under the STATS constexpr); post modifiers need the final
+statistics, so softmax with post modifiers sweeps the key tiles twice. Row-only and
+column-only subexpressions of scores, post modifiers and masks are hoisted out of the pairs
+(rows once per program, columns once per key tile).
+
+Every size is a literal of the source (the kernel is specialised per shape, dtype and plan);
+tiles and head dims are padded to powers of two of at least 16 (tl.arange and tl.dot need
+them) and the padding is masked.
+"""
+from dataclasses import dataclass
+
+import sympy
+
+from ...ir import symbols as S
+from ...ir.program import FULL, PARTIAL
+from ..tvm.hoist import Hoister
+# the tile tables are the IR's block classification coarsened to the plan: one definition,
+# shared with the TVM backend (it is pure numpy, it imports nothing of TVM)
+from ..tvm.source import tile_tables  # noqa: F401  (re-exported for the Triton backend)
+from .printer import TritonPrinter
+
+NEG = -1.0e30          # the score of a masked pair (finite: exp(NEG - NEG) is no NaN)
+# the element type the kernel multiplies in (float64 inputs run in float32: fp32 accumulation)
+TL_DTYPES = {"float16": "tl.float16", "bfloat16": "tl.bfloat16", "float32": "tl.float32", "float64": "tl.float32"}
+
+
+def pow2(n, least=16):
+    p = least
+    while p < n:
+        p *= 2
+    return p
+
+
+@dataclass(frozen=True)
+class GroupShape:
+    """The static sizes a group kernel is specialised on (P: padded to a power of two)."""
+    B: int
+    H: int
+    N: int
+    M: int
+    D: int
+    DV: int
+    HG: int
+    G: int
+    LQ: int
+    LK: int
+    BM: int
+    BN: int
+    NQ: int
+    KMAX: int
+    AQ: int
+    AK: int
+    NQA: int
+    NKA: int
+    BMP: int
+    BNP: int
+    DP: int
+    DVP: int
+
+    @property
+    def programs(self):
+        return self.B * self.HG * self.G * self.NQ
+
+
+def group_shape(prog, grp, kmax):
+    d, gat, plan = prog.dims, grp.gather, grp.plan
+    aq, ak = grp.blocks.atom
+    return GroupShape(B=d.B, H=d.H, N=d.N, M=d.M, D=d.d, DV=d.dv, HG=len(grp.heads), G=gat.G, LQ=gat.Lq,
+                      LK=gat.Lk, BM=plan.block_m, BN=plan.block_n, NQ=-(-gat.Lq // plan.block_m), KMAX=kmax,
+                      AQ=aq, AK=ak, NQA=-(-gat.Lq // aq), NKA=-(-gat.Lk // ak), BMP=pow2(plan.block_m),
+                      BNP=pow2(plan.block_n), DP=pow2(d.d), DVP=pow2(d.dv))
+
+
+class _Writer:
+    def __init__(self):
+        self.lines = []
+        self.depth = 0
+
+    def __call__(self, line):
+        self.lines.append("    " * self.depth + line)
+
+    def block(self):
+        w = self
+
+        class _B:
+            def __enter__(self):
+                w.depth += 1
+
+            def __exit__(self, *a):
+                w.depth -= 1
+        return _B()
+
+
+def post_chain(prog):
+    """The post modifiers composed in order, as one expression of the weight."""
+    chain = S.weight
+    for post in prog.post:
+        chain = post.xreplace({S.weight: chain})
+    return chain
+
+
+KERNEL = "attncc_group"
+
+
+def kernel_params(tables):
+    """q, k, v, o, lse, the head list, the tile tables, the tensors the expressions read
+    (tab_<name>, so a user's tensor name never shadows a kernel variable), STATS."""
+    return ["q", "k", "v", "o", "lse", "heads", "tcnt", "tlist", "tcls", "acls",
+            *(p for p, _, _ in tables.values()), "STATS: tl.constexpr"]
+
+
+def generate(prog, grp, sh, tables):
+    """Triton source defining `attncc_group(...)` (undecorated: the backend wraps it in a
+    JITFunction, or the interpreter) for one head group.
+
+    `tables`: IR name -> (param name, shape, kind) of the tensors the expressions read."""
+    gat, norm = grp.gather, prog.norm
+    dtype = TL_DTYPES[prog.dtype]
+    # fp32 inputs multiply in fp32 (a GPU would otherwise use tf32 and lose 10 bits)
+    prec = ', input_precision="ieee"' if dtype == "tl.float32" else ""
+    two_pass = norm.kind == "softmax" and bool(prog.post)
+    base = {S.g: ("g", "int"), S.b: ("b", "int"), S.h: ("h", "int")}
+    P = TritonPrinter(base, tables)
+
+    hoist = Hoister(row={S.i, S.t}, col={S.j, S.u}, blocked={S.score, S.weight})
+    score = hoist(prog.score)
+    post = hoist(post_chain(prog))
+    residual = hoist(grp.residual) if grp.residual is not None else None
+    if residual is sympy.true:
+        residual = None
+    row_p = P.with_names({S.t: ("t2", "int"), S.i: ("i2", "int")})
+    col_p = P.with_names({S.u: ("u2", "int"), S.j: ("j2", "int")})
+    rows, cols = [], []
+    names = {**base, S.t: ("t2", "int"), S.i: ("i2", "int"), S.u: ("u2", "int"), S.j: ("j2", "int"),
+             S.score: ("s", "float")}
+    for e, sym in hoist.rows.items():
+        text, kind = row_p.p(e)
+        rows.append((str(sym), text))
+        names[sym] = (str(sym), kind)
+    for e, sym in hoist.cols.items():
+        text, kind = col_p.p(e)
+        cols.append((sym, str(sym), text))
+        names[sym] = (str(sym), kind)
+    Pp = TritonPrinter(names, tables)
+    pair_syms = score.free_symbols | post.free_symbols
+    cols_pair = [(n, t) for sym, n, t in cols if sym in pair_syms]
+    cols_mask = [(n, t) for sym, n, t in cols if sym not in pair_syms]
+
+    coarse = (sh.BM != sh.AQ or sh.BN != sh.AK)
+    res_text = Pp(residual, "bool") if residual is not None else None
+    if coarse:
+        ac = (f"tl.load(acls + g * {sh.NQA * sh.NKA} + tl.minimum(t2 // {sh.AQ}, {sh.NQA - 1}) * {sh.NKA} "
+              f"+ tl.minimum(u2 // {sh.AK}, {sh.NKA - 1}))")
+        pair_ok = f"(ac == {FULL})" + (f" | ((ac == {PARTIAL}) & {res_text})" if res_text else "")
+    else:
+        ac, pair_ok = None, res_text
+
+    w = _Writer()
+    w("# generated by attncc from the IR; do not edit")
+    w("import triton.language as tl")
+    w("")
+    w("")
+    w(f"def {KERNEL}(" + ", ".join(kernel_params(tables)) + "):")
+    w.depth += 1
+    w("pid = tl.program_id(0)")
+    w(f"qi = pid % {sh.NQ}")
+    w(f"g = (pid // {sh.NQ}) % {sh.G}")
+    w(f"bh = pid // {sh.NQ * sh.G}")
+    w(f"b = bh // {sh.HG}")
+    w(f"h = tl.load(heads + bh % {sh.HG})")
+    w(f"plane = (b * {sh.H} + h).to(tl.int64)")
+    # ---- the query tile, straight from [B, H, N, d] through the query map
+    w(f"r = tl.arange(0, {sh.BMP})")
+    w(f"t = qi * {sh.BM} + r")
+    Pq = P.with_names({S.t: ("t", "int")})
+    w(f"qok = (r < {sh.BM}) & (t < {sh.LQ})" + _and(Pq, gat.q_valid))
+    w(f"qtok = tl.where(qok, {Pq(gat.q_token, 'int')}, 0)")
+    w("t2 = t[:, None]")
+    w("i2 = qtok[:, None]")
+    w(f"dd = tl.arange(0, {sh.DP})")
+    w(f"dvv = tl.arange(0, {sh.DVP})")
+    w(f"qt = tl.load(q + plane * {sh.N * sh.D} + i2 * {sh.D} + dd[None, :], "
+      f"mask=qok[:, None] & (dd[None, :] < {sh.D}), other=0.0)")
+    for name, text in rows:
+        w(f"{name} = {text}")
+    w(f"m_i = tl.full([{sh.BMP}], {NEG!r}, tl.float32)")
+    w(f"l_i = tl.zeros([{sh.BMP}], tl.float32)")
+    w(f"acc = tl.zeros([{sh.BMP}, {sh.DVP}], tl.float32)")
+    w(f"item = g * {sh.NQ} + qi")
+    w("ntiles = tl.load(tcnt + item)")
+
+    Pk = P.with_names({S.u: ("u", "int")})
+
+    def key_tile(pass_):
+        """One sweep over the program's key tiles. pass_ 0: the only pass; 1: statistics only;
+        2: weights from the final statistics, post modifiers, PV."""
+        w("for kk in range(0, ntiles):")
+        with w.block():
+            w(f"kb = tl.load(tlist + item * {sh.KMAX} + kk)")
+            w(f"c = tl.arange(0, {sh.BNP})")
+            w(f"u = kb * {sh.BN} + c")
+            w(f"kok = (c < {sh.BN}) & (u < {sh.LK})" + _and(Pk, gat.k_valid))
+            w(f"ktok = tl.where(kok, {Pk(gat.k_token, 'int')}, 0)")
+            w("u2 = u[None, :]")
+            w("j2 = ktok[None, :]")
+            w(f"kt = tl.load(k + plane * {sh.M * sh.D} + j2 * {sh.D} + dd[:, None], "
+              f"mask=kok[None, :] & (dd[:, None] < {sh.D}), other=0.0)")
+            w(f"s = tl.dot(qt, kt{prec}) * {prog.scale!r}")
+            for name, text in cols_pair:
+                w(f"{name} = {text}")
+            if prog.score != S.score:
+                w(f"s = {Pp(score, 'float')}")
+            w("ok = kok[None, :] & qok[:, None]")
+            if pair_ok is not None:
+                # the residual mask only on PARTIAL tiles
+                w(f"if tl.load(tcls + item * {sh.KMAX} + kk) == {PARTIAL}:")
+                with w.block():
+                    for name, text in cols_mask:
+                        w(f"{name} = {text}")
+                    if ac is not None:
+                        w(f"ac = {ac}")
+                    w(f"ok = ok & ({pair_ok})")
+            w(f"s = tl.where(ok, s, {NEG!r})")
+            if pass_ in (0, 1) and (norm.kind == "softmax" or pass_ == 0):
+                stats = norm.kind == "sigmoid"
+                if stats:
+                    w("if STATS:")
+                    w.depth += 1
+                w("m_new = tl.maximum(m_i, tl.max(s, 1))")
+                w("p = tl.where(ok, tl.exp(s - m_new[:, None]), 0.0)")
+                w("alpha = tl.exp(m_i - m_new)")
+                w("l_i = l_i * alpha + tl.sum(p, 1)")
+                if norm.kind == "softmax" and pass_ == 0:
+                    w("acc = acc * alpha[:, None]")
+                w("m_i = m_new")
+                if stats:
+                    w.depth -= 1
+            if pass_ == 1:
+                return
+            if norm.kind == "sigmoid":
+                # sigmoid(x) from exp(-|x|): never overflows (masked scores are -1e30)
+                w(f"x = s + {norm.bias!r}")
+                w("ex = tl.exp(-tl.abs(x))")
+                wexpr = "tl.where(x >= 0.0, 1.0 / (1.0 + ex), ex / (1.0 + ex))"
+            elif pass_ == 2:
+                wexpr = "(tl.exp(s - m_i[:, None]) * inv[:, None])"
+            else:
+                wexpr = None
+            if wexpr is not None:
+                wtext = TritonPrinter({**names, S.weight: (wexpr, "float")}, tables)(post, "float")
+                w(f"p = tl.where(ok, {wtext}, 0.0)")
+            w(f"vt = tl.load(v + plane * {sh.M * sh.DV} + ktok[:, None] * {sh.DV} + dvv[None, :], "
+              f"mask=kok[:, None] & (dvv[None, :] < {sh.DV}), other=0.0)")
+            w(f"acc += tl.dot(p.to({dtype}), vt{prec})")
+
+    if two_pass:
+        key_tile(1)
+        w("inv = tl.where(l_i > 0.0, 1.0 / tl.maximum(l_i, 1e-30), 0.0)")
+        key_tile(2)
+    else:
+        key_tile(0)
+    # ---- epilogue: write through the query map into [B, H, N, dv]
+    if norm.kind == "softmax" and not two_pass:
+        w("acc = acc * tl.where(l_i > 0.0, 1.0 / tl.maximum(l_i, 1e-30), 0.0)[:, None]")
+    w(f"tl.store(o + plane * {sh.N * sh.DV} + i2 * {sh.DV} + dvv[None, :], acc.to(o.dtype.element_ty), "
+      f"mask=qok[:, None] & (dvv[None, :] < {sh.DV}))")
+    if norm.kind == "sigmoid":
+        w("if STATS:")
+        w.depth += 1
+    # a row with no unmasked key has l_i == 0: its log-sum-exp is -inf
+    w("lse_v = tl.where(l_i > 0.0, m_i + tl.log(tl.maximum(l_i, 1e-30)), NEG_INF)")
+    w(f"tl.store(lse + plane * {sh.N} + qtok, lse_v, mask=qok)")
+    text = "\n".join(w.lines) + "\n"
+    head, body = text.split("\n\n\n", 1)
+    helpers = TANH if "_tanh(" in body else ""
+    names = ["_tanh"] if helpers else []
+    return (head + f"\n\nNEG_INF = tl.constexpr(float(\"-inf\"))\nHELPERS = {names!r}   # device functions\n\n\n"
+            + helpers + body)
+
+
+# tanh in fp32 to ~2 ulp (tl has none; 1 - 2 / (exp(2x) + 1) alone cancels for small x):
+# x + x z P(z), z = x^2, below |x| = 0.625 (Cephes' tanhf minimax coefficients), the exp form above
+TANH = '''def _tanh(x):
+    a = tl.abs(x)
+    z = x * x
+    small = x + x * z * ((((-5.70498872745e-3 * z + 2.06390887954e-2) * z - 5.37397155531e-2) * z
+                          + 1.33314422036e-1) * z - 3.33332819422e-1)
+    big = 1.0 - 2.0 / (tl.exp(2.0 * tl.minimum(a, 44.0)) + 1.0)
+    return tl.where(a < 0.625, small, tl.where(x < 0.0, -big, big))
+
+
+'''
+
+
+def _and(printer, expr):
+    if sympy.sympify(expr) is sympy.true:
+        return ""
+    return f" & {printer(expr, 'bool')}"

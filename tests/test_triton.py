@@ -1,0 +1,221 @@
+"""The Triton backend (kernels generated from the IR) under Triton's interpreter on CPU
+tensors, against the dense fp64 oracle, judged against the error of the same maths in the
+input dtype; its runtime wiring (explicit opt-in, warning, auto never picks it on CPU), the
+kernel structure it generates, and the ahead-of-time GPU compile check."""
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import attncc as ac
+from attncc.dsl import patterns as P
+from attncc.ir.program import Dims
+from attncc.ops import CATALOGUE
+from attncc.runtime.kernel import InterpreterWarning
+
+from oracle import check_against_oracle, make_inputs
+from strategies import specs
+from test_reference import CASES
+
+# every test here runs the interpreter on purpose; the warning has its own test
+pytestmark = pytest.mark.filterwarnings("ignore::attncc.runtime.kernel.InterpreterWarning")
+
+
+def triton_can(spec):
+    return (not isinstance(spec.normalizer, type(ac.linear()))
+            and not any(isinstance(p, P.Routing) for p in spec.pattern.leaves()))
+
+
+TRITON_CASES = sorted(n for n, (spec, _, _) in CASES.items() if triton_can(spec))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", TRITON_CASES)
+def test_triton_matches_dense_oracle(name, dtype):
+    spec, dims, tensors = CASES[name]
+    q, k, v = make_inputs(dims, dtype)
+    check_against_oracle(spec, q, k, v, tensors, backend="triton")
+
+
+FP16_CASES = ["full_m_ne_n_dv", "causal_bottom_right_empty_rows", "window2d_shift_rpb", "neighborhood_dilated",
+              "sigmoid_bias_window", "decay_then_clip_on_window", "head_dim_256", "per_head"]
+
+
+@pytest.mark.parametrize("name", FP16_CASES)
+def test_triton_fp16_matches_dense_oracle(name):
+    spec, dims, tensors = CASES[name]
+    q, k, v = make_inputs(dims, torch.float16)
+    check_against_oracle(spec, q, k, v, tensors, backend="triton")
+
+
+@pytest.mark.parametrize("entry", [e for e in CATALOGUE if triton_can(e.spec)],
+                         ids=[e.name for e in CATALOGUE if triton_can(e.spec)])
+def test_triton_catalogue_matches_dense_oracle(entry):
+    q, k, v, tensors = entry.inputs()
+    check_against_oracle(entry.spec, q, k, v, tensors, backend="triton")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=specs(), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_triton_random_specs_match_dense_oracle(case, dtype):
+    spec, dims, tensors = case
+    assume(triton_can(spec))
+    q, k, v = make_inputs(dims, dtype)
+    check_against_oracle(spec, q, k, v, tensors, backend="triton")
+
+
+SIGMOID_CASES = sorted(n for n in TRITON_CASES if isinstance(CASES[n][0].normalizer, type(ac.sigmoid())))
+
+
+@pytest.mark.parametrize("name", SIGMOID_CASES)
+def test_triton_sigmoid_without_lse_skips_statistics_and_still_matches(name):
+    spec, dims, tensors = CASES[name]
+    q, k, v = make_inputs(dims)
+    check_against_oracle(spec, q, k, v, tensors, lse=False, backend="triton")
+
+
+def test_triton_fully_masked_rows_give_zero_and_neg_inf_lse():
+    spec = ac.Attention(ac.mask(lambda b, h, q, k: q >= 5) & ac.causal())
+    q, k, v = make_inputs(Dims(1, 2, 40, 40, 16, 16), torch.bfloat16)
+    out, lse = ac.compile(spec, backend="triton")(q, k, v, return_lse=True)
+    assert torch.equal(out[:, :, :5], torch.zeros_like(out[:, :, :5]))
+    assert torch.isneginf(lse[:, :, :5]).all() and torch.isfinite(lse[:, :, 5:]).all()
+    assert not torch.isnan(out.float()).any() and out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+
+
+def test_triton_gradients_recompute_through_the_reference():
+    spec = ac.Attention(ac.window2d((8, 8), (4, 4), (2, 2)), score_mods=ac.rel_pos_bias("rpb", (4, 4)))
+    q, k, v = (x.requires_grad_() for x in make_inputs(Dims(1, 2, 64, 64, 16, 16)))
+    rpb = torch.randn(49, 2, requires_grad=True)
+    grads = []
+    for kern in (ac.compile(spec, backend="triton"), ac.reference(spec)):
+        out, lse = kern(q, k, v, return_lse=True, rpb=rpb)
+        grads.append(torch.autograd.grad(out.square().sum() + lse.sum(), [q, k, v, rpb]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ---- the generated kernel's structure ---------------------------------------------------------
+
+def triton_source(spec, dims, **tensors):
+    kern = ac.compile(spec, backend="triton")
+    q, k, v = make_inputs(dims)
+    kern(q, k, v, **tensors)
+    return kern.explain(file=None)
+
+
+def test_triton_explain_shows_a_flash_kernel_over_the_tile_table():
+    text = triton_source(ac.Attention(ac.causal()), Dims(1, 2, 200, 200, 16, 16))
+    assert "=== generated Triton source" in text and "plans for sm_80" in text
+    src = text.split("=== generated Triton source", 1)[1]
+    assert "for kk in range(0, ntiles):" in src and "kb = tl.load(tlist + item" in src
+    # the online softmax: running max and sum, the accumulator rescaled; no N x M buffer
+    assert "m_new = tl.maximum(m_i, tl.max(s, 1))" in src and "acc = acc * alpha[:, None]" in src
+    # the residual mask only on PARTIAL tiles
+    assert re.search(r"if tl\.load\(tcls \+ item \* \d+ \+ kk\) == 1:", src)
+    assert "input_precision=\"ieee\"" in src            # fp32 inputs multiply in fp32, not tf32
+
+
+def test_triton_window_kernel_reads_tokens_through_the_index_maps():
+    """Shifted windows: q, k, v are read from [B, H, N, d] through the maps (no roll, no
+    partition copy); the shifted-region mask and the bias index are hoisted per row/column."""
+    spec = ac.Attention(ac.window2d((8, 8), (4, 4), (2, 2)), score_mods=ac.rel_pos_bias("rpb", (4, 4)))
+    src = triton_source(spec, Dims(1, 2, 64, 64, 16, 16), rpb=torch.randn(49, 2))
+    assert "qtok = tl.where(qok," in src and "ktok = tl.where(kok," in src
+    assert "hrow0 = " in src and "hcol0 = " in src
+    assert "tl.load(tab_rpb + " in src
+
+
+def test_triton_per_query_gathers_tile_a_dense_source_and_skip_empty_tiles():
+    low = ac.compile(ac.Attention(ac.neighborhood2d((16, 16), (3, 3))), backend="triton").lower(
+        Dims(1, 1, 256, 256, 16, 16))
+    grp = low.program.groups[0]
+    assert grp.gather.kind == "dense" and not grp.gather.per_query
+    counts = grp.blocks.counts()
+    assert counts["empty"] > counts["partial"] > 0          # most key tiles are never visited
+
+
+def test_triton_two_pass_for_softmax_with_post_modifiers():
+    src = triton_source(ac.Attention(ac.causal(), post_mods=ac.clipped(1.05, -0.05)), Dims(1, 1, 40, 40, 16, 16))
+    assert src.count("for kk in range(0, ntiles):") == 2 and "inv = tl.where(l_i > 0.0" in src
+
+
+# ---- runtime wiring -------------------------------------------------------------------------------
+
+def test_triton_on_cpu_warns_that_it_is_the_interpreter():
+    q, k, v = make_inputs(Dims(1, 1, 16, 16, 16, 16))
+    kern = ac.compile(ac.Attention(), backend="triton")
+    with pytest.warns(InterpreterWarning, match="runs Triton's interpreter: correct but slow, for testing only"):
+        kern(q, k, v)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kern(q, k, v)                                   # once per kernel
+
+
+def test_auto_never_picks_triton_on_cpu():
+    kern = ac.compile(ac.Attention(), backend="auto")
+    assert kern.backend == "tvm"
+    q, k, v = make_inputs(Dims(1, 1, 16, 16, 16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InterpreterWarning)
+        kern(q, k, v)
+    assert not any(key[0] == "triton" for key in kern._compiled)
+
+
+@pytest.mark.parametrize("spec, why", [
+    (ac.Attention(normalizer=ac.linear()), "backend='triton' does not generate linear attention yet"),
+    (ac.Attention(ac.routing((4, 4), (2, 2), 1)), "backend='triton' does not generate content-dependent routing yet"),
+], ids=["linear", "routing"])
+def test_triton_backend_refuses_what_it_cannot_generate(spec, why):
+    q = torch.randn(1, 1, 16, 8)
+    with pytest.raises(NotImplementedError, match=re.escape(why)):
+        ac.compile(spec, backend="triton")(q, q, q)
+
+
+def test_triton_backend_refuses_other_devices():
+    q = torch.randn(1, 1, 16, 8, device="meta")
+    with pytest.raises(ValueError, match=re.escape("backend='triton' runs on CUDA tensors (or CPU tensors under "
+                                                   "Triton's interpreter, for testing) but q is on meta")):
+        ac.compile(ac.Attention(), backend="triton")(q, q, q)
+
+
+def test_triton_backend_without_the_triton_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)        # import triton raises ImportError
+    with pytest.raises(NotImplementedError, match=re.escape("backend 'triton' is not available in this installation "
+                                                            "of attncc (available: reference, tvm); pip install "
+                                                            "triton, or use backend='reference'")):
+        ac.compile(ac.Attention(), backend="triton")
+
+
+INTERPRET_SCRIPT = textwrap.dedent("""
+    import sys, warnings
+    sys.path.insert(0, {tests!r})
+    {first}
+    import torch, attncc as ac
+    from attncc.ir.program import Dims
+    from oracle import check_against_oracle, make_inputs
+    warnings.simplefilter("ignore")
+    q, k, v = make_inputs(Dims(1, 2, 40, 40, 16, 16), torch.bfloat16)
+    check_against_oracle(ac.Attention(ac.causal()), q, k, v, backend="triton")
+    print("ok")
+""")
+
+
+@pytest.mark.parametrize("first", ["import triton", "import os; os.environ['TRITON_INTERPRET'] = '1'; import triton",
+                                   ""], ids=["triton-imported-first", "TRITON_INTERPRET-set", "attncc-first"])
+def test_triton_interpreter_runs_whatever_the_import_order(first, tmp_path):
+    """The interpreter needs no TRITON_INTERPRET=1 before triton is imported, and still works
+    when it was set."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["ATTNCC_CACHE_DIR"] = str(tmp_path)
+    script = INTERPRET_SCRIPT.format(tests=os.path.dirname(__file__), first=first)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+    assert list(tmp_path.glob("triton/attncc_triton_*.py"))          # the source is a real file
