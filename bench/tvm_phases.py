@@ -1,7 +1,7 @@
 """Where the time of a generated TVM kernel goes: the kernel timed whole and with each phase
 (QK^T, mask, softmax, PV) left out, at the CPU bench shapes (2 threads, medians).
 
-    python bench/tvm_phases.py [vit | n4096 | swin]
+    python bench/tvm_phases.py [vit | n4096 | swin | sliding | sigmoid | neighborhood]
 """
 import statistics
 import sys
@@ -20,6 +20,9 @@ SHAPES = {
     "n4096": (ac.Attention(), Dims(1, 8, 4096, 4096, 64, 64), {}),
     "swin": (ac.Attention(ac.window2d((56, 56), (7, 7), (3, 3)), score_mods=ac.rel_pos_bias("rpb", (7, 7))),
              Dims(8, 3, 3136, 3136, 32, 32), {"rpb": torch.randn(169, 3)}),
+    "sliding": (ac.Attention(ac.sliding_window(256)), Dims(1, 8, 4096, 4096, 64, 64), {}),
+    "sigmoid": (ac.Attention(normalizer=ac.sigmoid()), Dims(8, 12, 197, 197, 64, 64), {}),
+    "neighborhood": (ac.Attention(ac.neighborhood2d((56, 56), (7, 7))), Dims(8, 3, 3136, 3136, 32, 32), {}),
 }
 
 

@@ -42,9 +42,11 @@ def default_plan(grp, dims, target, elem_bytes=4):
         bm = -(-gat.Lq // atom(gat.Lq)) * atom(gat.Lq)
     plan = TilePlan(block_m=_tile(gat.Lq, bm), block_n=_tile(gat.Lk, bn))
     if "vector" in want:
-        # narrow key tiles (a 7x7 window) pad less with 8 lanes; rows unroll by 6 when they divide
+        # narrow key tiles (a 7x7 window) pad less with 8 lanes; rows unroll by 6 unless that pads
+        # the query tile by more than 5% (12 accumulators keep both FMA pipes busy, 8 barely do)
+        mr = want["unroll"]
         plan = plan.replace(vector=want["vector"] if plan.block_n >= 64 else 8,
-                            unroll=want["unroll"] if plan.block_m % want["unroll"] == 0 else 4)
+                            unroll=mr if -plan.block_m % mr <= plan.block_m // 20 else 4)
     if "num_warps" in want:
         plan = plan.replace(num_warps=want["wide_warps"] if max(dims.d, dims.dv) > 64 else want["num_warps"],
                             num_stages=want["num_stages"])

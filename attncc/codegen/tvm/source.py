@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...ir import symbols as S
-from ...ir.program import EMPTY, FULL, PARTIAL
+from ...ir.program import EMPTY, PARTIAL
 from .hoist import Hoister
 from .printer import TIRPrinter
 
@@ -131,14 +131,7 @@ def generate(prog, grp, shape, tables, skip=(), stats=True):
             kind = "int" if kind == "bool" else kind
             hoisted.append((buf, sym, TIRPrinter.cast(text, pr.p(e)[1], kind), kind))
             P.names[sym] = Pq.names[sym] = (f"{sym}[{idx}]", kind)
-    atom_lookup = (sh.BM != sh.AQ or sh.BN != sh.AK) and res is not None
-    residual = P(res, "bool") if res is not None else "T.bool(True)"
-    if atom_lookup:
-        ac = "acls[g, T.min(T.floordiv(t, {AQ}), {NQA1}), T.min(T.floordiv(u, {AK}), {NKA1})]".format(
-            AQ=sh.AQ, NQA1=sh.NQA - 1, AK=sh.AK, NKA1=sh.NKA - 1)
-        pair_ok = f"T.Or({ac} == {FULL}, T.And({ac} == {PARTIAL}, {residual}))"
-    else:
-        pair_ok = residual
+    pair_ok = P(res, "bool") if res is not None else "T.bool(True)"
     w = open_kernel(sh, tables, "the IR")
     _pack(w, sh, P, gat)
     items = sh.B * sh.HG * sh.G * sh.NQ
@@ -262,7 +255,8 @@ def _pack(w, sh, P, gat):
     w(f"ktk = T.alloc_buffer(({sh.G}, {sh.NK}, {sh.BNP}), \"int32\")")
     w(f"kokp = T.alloc_buffer(({sh.G}, {sh.NK}, {sh.BNP}), \"float32\")")
     w(f"kpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}, {sh.BNP}), \"float32\")")
-    w(f"vpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.BNP}, {sh.DVP}), \"float32\")")
+    if not v_in_place(sh):
+        w(f"vpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.BNP}, {sh.DVP}), \"float32\")")
     w(f"for gk in T.parallel({sh.G * sh.NK}):")
     with w.block():
         w(f"g = gk // {sh.NK}")
@@ -285,13 +279,20 @@ def _pack(w, sh, P, gat):
             w(f"for j in range({sh.D}):")
             with w.block():
                 w("kpk[b, hh, g, kb, j, c] = k[b, h, ktk[g, kb, c], j] * kokp[g, kb, c]")
-            w(f"for j in T.vectorized({sh.DV}):")
-            with w.block():
-                w("vpk[b, hh, g, kb, c, j] = v[b, h, ktk[g, kb, c], j] * kokp[g, kb, c]")
-            if sh.DVP != sh.DV:
+            if not v_in_place(sh):
+                w(f"for j in T.vectorized({sh.DV}):")
+                with w.block():
+                    w("vpk[b, hh, g, kb, c, j] = v[b, h, ktk[g, kb, c], j] * kokp[g, kb, c]")
                 w(f"for j in range({sh.DV}, {sh.DVP}):")
                 with w.block():
                     w("vpk[b, hh, g, kb, c, j] = T.float32(0)")
+
+
+def v_in_place(sh):
+    """PV reads V rows in place through the key map when its value vectors need no padding
+    (masked and padding keys have weight exactly 0 and point at token 0); else V is packed
+    once per call, zero-padded to DVP columns."""
+    return sh.DV == sh.DVP
 
 
 def _post_chain(prog):
@@ -347,17 +348,11 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
         with w.block():
             w(f"if cls == {PARTIAL}:")
             with w.block():
-                w(f"for c in range({sh.BNP}):")
-                with w.block():
-                    w(f"t = qi * {sh.BM} + r")
-                    w(f"u = kb * {sh.BN} + c")
-                    w(f"s[r, c] = T.Select(T.And(kokp[g, kb, c] > T.float32(0), {pair_ok}), s[r, c], T.float32(NEG))")
-            w("else:")
+                _mask_partial_row(w, sh, pair_ok)
+            # every tile masks its padding keys (past the extent, or past block_n)
+            w(f"for c in range(T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0), {sh.BNP}):")
             with w.block():
-                # a FULL tile masks only its padding keys (past the extent, or past block_n)
-                w(f"for c in range(T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0), {sh.BNP}):")
-                with w.block():
-                    w("s[r, c] = T.float32(NEG)")
+                w("s[r, c] = T.float32(NEG)")
         # normalizer, row by row (8 lanes)
         w(f"for r in range({0 if 'softmax' in skip else sh.BMP}):")
         with w.block():
@@ -367,10 +362,13 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
                     wtext = weight("(fexp(s[r, c] - mx[r]) / sm[r])", "c")
                     w(f"s[r, c] = T.Select(s[r, c] > T.float32(NEG_HALF), {wtext}, T.float32(0))")
             elif norm.kind == "sigmoid" and not stats:     # weights only: no running max or sum
-                sig = f"(T.float32(1) / (T.float32(1) + fexp(T.float32({-norm.bias!r}) - s[r, c])))"
-                w(f"for c in T.vectorized({sh.BNP}):")
+                sc = "s[r, cc * 8 + i]"
+                sig = f"(T.float32(1) / (T.float32(1) + fexp(T.float32({-norm.bias!r}) - {sc})))"
+                w(f"for cc in range({sh.BNP // 8}):")
                 with w.block():
-                    w(f"s[r, c] = T.Select(s[r, c] > T.float32(NEG_HALF), {weight(sig, 'c')}, T.float32(0))")
+                    w("for i in T.vectorized(8):")
+                    with w.block():
+                        w(f"{sc} = T.Select({sc} > T.float32(NEG_HALF), {weight(sig, 'cc * 8 + i')}, T.float32(0))")
             else:
                 w("for i in T.vectorized(8):")
                 with w.block():
@@ -414,10 +412,45 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
         with w.block():
             w(f"for rg in range({sh.BMP // MR}):")
             with w.block():
-                w(f"for c in range({sh.BNP}):")
+                if v_in_place(sh):       # only the tile's keys inside the extent
+                    w(f"for c in range(T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0)):")
+                    vrow = f"v[b, h, ktk[g, kb, c], jg * {PW} + ci]"
+                else:
+                    w(f"for c in range({sh.BNP}):")
+                    vrow = f"vpk[b, hh, g, kb, c, jg * {PW} + ci]"
                 with w.block():
                     _tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci] + "
-                                          f"s[rg * {MR} + ri, c] * vpk[b, hh, g, kb, c, jg * {PW} + ci]")
+                                          f"s[rg * {MR} + ri, c] * {vrow}")
+
+
+def _mask_partial_row(w, sh, pair_ok):
+    """Row r of a PARTIAL tile. A tile made of several atoms looks each atom's class up once
+    per row: FULL atoms stay, EMPTY atoms are masked whole, and only PARTIAL atoms evaluate
+    the residual mask per pair (simplify_masks' contract: it is exact there)."""
+    def pairs():
+        w(f"u = kb * {sh.BN} + c")
+        w(f"s[r, c] = T.Select(T.And(kokp[g, kb, c] > T.float32(0), {pair_ok}), s[r, c], T.float32(NEG))")
+    w(f"t = qi * {sh.BM} + r")
+    if sh.BM == sh.AQ and sh.BN == sh.AK:        # the tile is one atom
+        w(f"for c in range({sh.BN}):")
+        with w.block():
+            pairs()
+        return
+    w(f"for ca in range({sh.BN // sh.AK}):")
+    with w.block():
+        w(f"acl = acls[g, T.min(T.floordiv(t, {sh.AQ}), {sh.NQA - 1}), "
+          f"T.min(T.floordiv(kb * {sh.BN}, {sh.AK}) + ca, {sh.NKA - 1})]")
+        w(f"if acl == {EMPTY}:")
+        with w.block():
+            w(f"for cj in range({sh.AK}):")
+            with w.block():
+                w(f"s[r, ca * {sh.AK} + cj] = T.float32(NEG)")
+        w(f"elif acl == {PARTIAL}:")
+        with w.block():
+            w(f"for cj in range({sh.AK}):")
+            with w.block():
+                w(f"c = ca * {sh.AK} + cj")
+                pairs()
 
 
 def _tile_loop(w, rows, lanes, body):
