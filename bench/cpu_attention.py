@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 import attncc as ac
 
+import peers
+
 
 def timeit(fn, min_time=0.2):
     fn()
@@ -42,44 +44,13 @@ def interleaved(calls, rounds):
     return {name: statistics.median(v) for name, v in res.items()}
 
 
-def swin_timm_procedure(q, k, v, bias, grid, win, shift, mask):
-    """timm's SwinTransformerBlock attention core: roll, window_partition, SDPA with the
-    relative position bias (and the shifted-window mask), window_reverse, roll back."""
-    B, H, N, d = q.shape
-    R, C = grid
-    x = torch.stack((q, k, v))                                           # [3, B, H, N, d]
-    x = x.view(3, B, H, R, C, d)
-    if shift:
-        x = torch.roll(x, shifts=(-shift, -shift), dims=(3, 4))
-    nr, nc = R // win, C // win
-    x = x.view(3, B, H, nr, win, nc, win, d).permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(3, B * nr * nc, H, win * win, d)
-    attn_bias = bias if mask is None else (bias.unsqueeze(0) + mask.unsqueeze(1)).repeat(B, 1, 1, 1)
-    o = F.scaled_dot_product_attention(x[0], x[1], x[2], attn_mask=attn_bias)
-    o = o.view(B, nr, nc, H, win, win, d).permute(0, 3, 1, 4, 2, 5, 6).reshape(B, H, R, C, d)
-    if shift:
-        o = torch.roll(o, shifts=(shift, shift), dims=(2, 3))
-    return o.reshape(B, H, N, d)
-
-
-def swin_tables(H, grid, win, shift):
-    idx = torch.arange(win)
-    coords = torch.stack(torch.meshgrid(idx, idx, indexing="ij")).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (win - 1)
-    index = rel[..., 0] * (2 * win - 1) + rel[..., 1]
-    table = 0.02 * torch.randn((2 * win - 1) ** 2, H)
-    bias = table[index.view(-1)].view(win * win, win * win, H).permute(2, 0, 1).contiguous()
-    mask = None
-    if shift:
-        R, C = grid
-        img = torch.zeros(R, C)
-        cnt = 0
-        for rs in (slice(0, -win), slice(-win, -shift), slice(-shift, None)):
-            for cs in (slice(0, -win), slice(-win, -shift), slice(-shift, None)):
-                img[rs, cs] = cnt
-                cnt += 1
-        w = img.view(R // win, win, C // win, win).permute(0, 2, 1, 3).reshape(-1, win * win)
-        mask = (w[:, None, :] != w[:, :, None]).float() * -100.0
-    return table, bias, mask
+def swin_table(swin, H, d, grid, win, shift):
+    """The relative position bias table and, when timm is installed, timm's block (which
+    holds the same table and the shifted-window mask)."""
+    if swin is None:
+        return 0.02 * torch.randn((2 * win - 1) ** 2, H), None
+    blk = peers.timm_swin_block(swin, H, d, grid, win, shift)
+    return blk.attn.relative_position_bias_table.detach().clone(), blk
 
 
 def torch_after_attncc(n=15):
@@ -146,6 +117,10 @@ def natten_mask_mod(grid, kernel):
     return mask_mod
 
 
+# peers that compute another function (attncc's own softmax beside its sigmoid): timed, not compared
+SPEED_ONLY = {"attncc softmax"}
+
+
 def rows():
     out = {}
     q, k, v = (torch.randn(8, 12, 197, 64) for _ in range(3))
@@ -165,20 +140,22 @@ def rows():
     fsw = flex(lambda b, h, i, j: (i >= j) & (i - j <= 256), 4096)
     out["sliding256"] = ("causal sliding window 256, B1 H8 N4096 d64", 4 * 8 * 4096 * 257 * 64,
                          {"attncc": lambda: ksw(q2, k2, v2), "flex": lambda: fsw(q2, k2, v2)})
+    swin = peers.import_timm_swin()
     for shift in (0, 3):
         B, H, grid, win, d = 8, 3, (56, 56), 7, 32
         qs, ks, vs = (torch.randn(B, H, 3136, d) for _ in range(3))
-        table, bias, mask = swin_tables(H, grid, win, shift)
+        table, blk = swin_table(swin, H, d, grid, win, shift)
         spec = ac.Attention(ac.window2d(grid, (win, win), (shift, shift)),
                             score_mods=ac.rel_pos_bias("rpb", (win, win)))
         kw = ac.compile(spec, backend="tvm")
         fw = flex(swin_mask_mod(grid, win, shift), 3136, swin_score_mod(table, grid, win, shift))
-        out[f"swin_shift{shift}"] = (
-            f"Swin 56x56 win7 shift{shift} B8 H3 d32 (+rpb)", 4 * B * H * 3136 * 49 * d,
-            {"attncc": (lambda kw=kw, qs=qs, ks=ks, vs=vs, table=table: kw(qs, ks, vs, rpb=table)),
-             "timm procedure": (lambda qs=qs, ks=ks, vs=vs, bias=bias, mask=mask, shift=shift:
-                                swin_timm_procedure(qs, ks, vs, bias, grid, win, shift, mask)),
-             "flex": (lambda fw=fw, qs=qs, ks=ks, vs=vs: fw(qs, ks, vs))})
+        calls = {"attncc": (lambda kw=kw, qs=qs, ks=ks, vs=vs, table=table: kw(qs, ks, vs, rpb=table)),
+                 "flex": (lambda fw=fw, qs=qs, ks=ks, vs=vs: fw(qs, ks, vs))}
+        if blk is not None:
+            qt, kt, vt = (peers.to_channels_last(x, grid) for x in (qs, ks, vs))
+            calls["timm"] = lambda blk=blk, qt=qt, kt=kt, vt=vt: peers.timm_swin_core(swin, blk, qt, kt, vt)
+        out[f"swin_shift{shift}"] = (f"Swin 56x56 win7 shift{shift} B8 H3 d32 (+rpb)", 4 * B * H * 3136 * 49 * d,
+                                     calls, {"timm": lambda o: peers.from_channels_last(o, H)})
     qa, ka, va = (torch.randn(2, 8, 4096, 64) for _ in range(3))
     krow = ac.compile(ac.Attention(ac.axial((64, 64), 1)), backend="tvm")
     kcol = ac.compile(ac.Attention(ac.axial((64, 64), 0)), backend="tvm")
@@ -207,9 +184,22 @@ def rows():
     qn, kn, vn = (torch.randn(8, 3, 3136, 32) for _ in range(3))
     kna = ac.compile(ac.Attention(ac.neighborhood2d((56, 56), (7, 7))), backend="tvm")
     fna = flex(natten_mask_mod((56, 56), 7), 3136)
-    out["neighborhood"] = ("neighborhood 7x7 on 56x56, B8 H3 d32", 4 * 8 * 3 * 3136 * 49 * 32,
-                           {"attncc": lambda: kna(qn, kn, vn), "flex": lambda: fna(qn, kn, vn)})
+    calls = {"attncc": lambda: kna(qn, kn, vn), "flex": lambda: fna(qn, kn, vn)}
+    natten = peers.import_natten()
+    if natten is not None:
+        # natten's CPU path (na2d picks it for CPU tensors)
+        qt, kt, vt = (peers.to_natten(x, (56, 56)) for x in (qn, kn, vn))
+        calls[f"natten {natten.__version__}"] = lambda: natten.na2d(qt, kt, vt, kernel_size=7)
+    out["neighborhood"] = ("neighborhood 7x7 on 56x56, B8 H3 d32", 4 * 8 * 3 * 3136 * 49 * 32, calls,
+                           {name: peers.from_natten for name in calls if name.startswith("natten")})
     return out
+
+
+def agreement(ours, theirs, to_ours):
+    """Max abs difference between attncc's output and a peer's (in attncc's layout)."""
+    if isinstance(ours, tuple):
+        return max(agreement(a, b, to_ours) for a, b in zip(ours, theirs))
+    return (ours - to_ours(theirs)).abs().max().item()
 
 
 def main():
@@ -227,14 +217,17 @@ def main():
         table.append(line)
 
     print(f"sgemm (torch.mm 2048^3, 2 threads): {sgemm / 1e9:.1f} GFLOP/s\n")
-    emit("| case | attncc ms | peer | peer ms | speedup (peer / attncc) | attncc GFLOP/s | % of sgemm |")
-    emit("|---|---|---|---|---|---|---|")
-    for key, (label, flops, calls) in rows().items():
+    emit("| case | attncc ms | peer | peer ms | speedup (peer / attncc) | attncc GFLOP/s | % of sgemm | "
+         "max abs diff to peer |")
+    emit("|---|---|---|---|---|---|---|---|")
+    for key, (label, flops, calls, *layout) in rows().items():
         if args.only and key not in args.only:
             continue
+        layout = layout[0] if layout else {}
+        first = {}
         for name, fn in calls.items():                  # first calls: compiles, outside the timing
             t0 = time.perf_counter()
-            fn()
+            first[name] = fn()
             if name == "flex":
                 print(f"(FlexAttention compile + first call for {key}: {time.perf_counter() - t0:.1f} s)")
         t = interleaved(calls, args.rounds)
@@ -242,10 +235,11 @@ def main():
             if peer == "attncc":
                 continue
             gf = flops / t["attncc"] / 1e9
+            diff = agreement(first["attncc"], first[peer], layout.get(peer, lambda o: o)) if peer not in SPEED_ONLY else None
             emit(f"| {label} | {t['attncc'] * 1e3:.2f} | {peer} | {pt * 1e3:.2f} | {pt / t['attncc']:.2f}x | "
-                 f"{gf:.1f} | {100 * gf * 1e9 / sgemm:.0f}% |")
+                 f"{gf:.1f} | {100 * gf * 1e9 / sgemm:.0f}% | {'-' if diff is None else f'{diff:.1e}'} |")
             results.append({"case": key, "label": label, "attncc_ms": t["attncc"] * 1e3, "peer": peer,
-                            "peer_ms": pt * 1e3, "speedup": pt / t["attncc"]})
+                            "peer_ms": pt * 1e3, "speedup": pt / t["attncc"], "max_abs_diff": diff})
     alone, after = torch_after_attncc()
     print(f"\ntorch SDPA (ViT-B shape) alone {alone * 1e3:.2f} ms, right after an attncc kernel {after * 1e3:.2f} ms "
           f"({after / alone:.2f}x)")

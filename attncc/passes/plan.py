@@ -16,9 +16,10 @@ def _tile(extent, want):
 
 
 # per-target defaults: query tile, key tile (a short key extent is one tile), the CPU
-# micro-kernel's vector lanes and unrolled rows (measured on the 2-core Zen3 machines: 48 x 64
-# tiles with 6 x 16 register tiles at N=4096; one key tile for ViT's 197 keys)
-DEFAULTS = {"tvm": dict(block_m=48, block_n=64, whole_keys=256, whole_queries=256, vector=16, unroll=6)}
+# micro-kernel's vector lanes and unrolled rows (measured on the 2-core Zen3 machines: 64 x 64
+# tiles at N=4096, dense or banded (48-row tiles straddle a 64-key band edge: 15% slower on a
+# sliding window); one tile for ViT's 197 queries and keys, 6 x 16 register tiles there)
+DEFAULTS = {"tvm": dict(block_m=64, block_n=64, whole_keys=256, whole_queries=256, vector=16, unroll=6)}
 # Triton on NVIDIA GPUs: 128-query x 64-key tiles with K and V pipelined over 3 stages, 4 warps
 # (8 for head dims over 64); the shared-memory model (ir/plan.py) prunes what does not fit
 DEFAULTS["sm_80"] = dict(block_m=128, block_n=64, num_warps=4, wide_warps=8, num_stages=3)
@@ -42,11 +43,11 @@ def default_plan(grp, dims, target, elem_bytes=4):
         bm = -(-gat.Lq // atom(gat.Lq)) * atom(gat.Lq)
     plan = TilePlan(block_m=_tile(gat.Lq, bm), block_n=_tile(gat.Lk, bn))
     if "vector" in want:
-        # narrow key tiles (a 7x7 window) pad less with 8 lanes; rows unroll by 6 unless that pads
-        # the query tile by more than 5% (12 accumulators keep both FMA pipes busy, 8 barely do)
+        # narrow key tiles (a 7x7 window) pad less with 8 lanes; rows unroll by 6 when that pads
+        # the query tile by at most 1% (208 -> 210: 11% faster than by 4; 64 -> 66: 3% slower)
         mr = want["unroll"]
         plan = plan.replace(vector=want["vector"] if plan.block_n >= 64 else 8,
-                            unroll=mr if -plan.block_m % mr <= plan.block_m // 20 else 4)
+                            unroll=mr if -plan.block_m % mr <= plan.block_m // 100 else 4)
     if "num_warps" in want:
         plan = plan.replace(num_warps=want["wide_warps"] if max(dims.d, dims.dv) > 64 else want["num_warps"],
                             num_stages=want["num_stages"])
