@@ -1,3 +1,4 @@
+"""``python -m attncc ...``: the command line (attncc/cli.py)."""
 import sys
 
 from .cli import main

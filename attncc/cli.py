@@ -1,5 +1,7 @@
-"""The attncc command line: ``attncc demo``, ``attncc catalogue``, ``attncc explain NAME``."""
+"""The attncc command line: ``attncc demo``, ``attncc catalogue``, ``attncc explain NAME``,
+``attncc check-gpu --arch sm_80 sm_90`` (also ``python -m attncc ...``)."""
 import argparse
+import os
 import sys
 import time
 
@@ -81,6 +83,78 @@ def cmd_explain(args):
     return 0
 
 
+def gpu_job(name, arch, dtype, hd):
+    """Compile one catalogue entry's kernels for one arch, dtype and head dim: result rows."""
+    import dataclasses
+    from attncc.codegen.triton.aot import compile_program
+    from attncc.ops import entry
+    from .passes.pipeline import lower
+    e = entry(name)
+    dims = dataclasses.replace(e.dims, d=hd, dv=hd)
+    rows = []
+    try:
+        prog = lower(e.spec, dims, dtype, target=arch).program
+        results = compile_program(prog, e.tensors(dims, torch.Generator().manual_seed(0)))
+    except Exception as exc:                     # reported as a failed row, the command exits 1
+        return [dict(name=name, arch=arch, dtype=dtype, hd=hd, error=f"{type(exc).__name__}: {exc}"[:300])]
+    for r in results:
+        p = r.plan
+        rows.append(dict(name=name, arch=arch, dtype=dtype, hd=hd, heads=r.heads, error=None if r.fits else
+                         f"needs {r.shared} bytes of shared memory, {arch} has {r.limit}",
+                         plan=f"{p.block_m}x{p.block_n} w{p.num_warps} s{p.num_stages}", shared=r.shared,
+                         model=r.model, seconds=r.seconds, regs=r.registers, spills=r.spills))
+    return rows
+
+
+def gpu_table(rows):
+    lines = ["| pattern | arch | dtype | head dim | plan (BMxBN warps stages) | shared memory bytes (model) "
+             "| compile s | registers | spill bytes |", "|" + "---|" * 9]
+    for r in rows:
+        if r.get("plan") is None:
+            lines.append(f"| {r['name']} | {r['arch']} | {r['dtype']} | {r['hd']} | FAILED: {r['error']} | | | | |")
+            continue
+        fmt = lambda x: "n/a" if x is None else str(x)
+        lines.append(f"| {r['name']} | {r['arch']} | {r['dtype']} | {r['hd']} | {r['plan']} | {r['shared']:,} "
+                     f"({r['model']:,}) | {r['seconds']:.1f} | {fmt(r['regs'])} | {fmt(r['spills'])} |"
+                     + (f" FAILED: {r['error']}" if r["error"] else ""))
+    return "\n".join(lines)
+
+
+def cmd_check_gpu(args):
+    """Compile every catalogue pattern the Triton backend serves for the given arches, fp16
+    and bf16, head dims 64 and 128, without a GPU; print a table; exit 1 on any failure."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from attncc.codegen.triton.backend import unsupported
+    from attncc.ops import CATALOGUE
+    from .passes.canonicalize import canonicalize
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")      # triton 3.9's default, without its warning
+    names, skipped = [], []
+    for e in CATALOGUE:
+        if args.only and e.name not in args.only:
+            continue
+        why = unsupported(canonicalize(e.spec, e.dims))
+        if why:
+            skipped.append(f"{e.name}: {why}")
+        else:
+            names.append(e.name)
+    jobs = [(n, a, dt, hd) for n in names for a in args.arch for dt in args.dtype for hd in args.head_dim]
+    print(f"attncc check-gpu: {len(jobs)} compiles ({len(names)} patterns x {len(args.arch)} arches x "
+          f"{len(args.dtype)} dtypes x {len(args.head_dim)} head dims) with triton.compile and a GPUTarget, "
+          f"{args.jobs} at a time\n", flush=True)
+    rows = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for k, got in enumerate(pool.map(gpu_job, *zip(*jobs)), 1):
+            _progress(k, len(jobs), f"{got[0]['name']} {got[0]['arch']} {got[0]['dtype']} d{got[0]['hd']}")
+            rows.extend(got)
+    print(gpu_table(rows))
+    failed = [r for r in rows if r["error"]]
+    for s in skipped:
+        print(f"not compiled (unsupported by the Triton backend): {s}")
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} kernels compiled and fit; {len(failed)} failed")
+    return 1 if failed else 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="attncc", description="attncc: an attention compiler")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -93,6 +167,13 @@ def main(argv=None):
     p = sub.add_parser("explain", help="print the IR after each pass, the plan and the cost of a catalogue entry")
     p.add_argument("name")
     p.set_defaults(fn=cmd_explain)
+    p = sub.add_parser("check-gpu", help="compile the catalogue's Triton kernels for NVIDIA GPUs, no GPU needed")
+    p.add_argument("--arch", nargs="+", default=["sm_80", "sm_90"], choices=["sm_80", "sm_90"])
+    p.add_argument("--dtype", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--head-dim", nargs="+", type=int, default=[64, 128])
+    p.add_argument("--only", nargs="*", help="catalogue entries to compile (default: all the backend serves)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles in parallel")
+    p.set_defaults(fn=cmd_check_gpu)
     args = ap.parse_args(argv)
     return args.fn(args)
 

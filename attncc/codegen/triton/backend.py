@@ -31,13 +31,21 @@ class Unsupported(NotImplementedError):
     """A spec the Triton backend cannot serve yet (the message says why and what to use)."""
 
 
-def check(prog):
+def unsupported(prog):
+    """Why the backend cannot serve a (canonical or lowered) Program, or None."""
     if prog.norm.kind == "linear":
-        raise Unsupported("backend='triton' does not generate linear attention yet (it arrives with the routing and "
-                          "linear attention issue); use backend='reference'")
+        return ("backend='triton' does not generate linear attention yet (it arrives with the routing and "
+                "linear attention issue); use backend='reference'")
     if prog.prologues:
-        raise Unsupported("backend='triton' does not generate content-dependent routing yet (it arrives with the "
-                          "routing issue); use backend='reference'")
+        return ("backend='triton' does not generate content-dependent routing yet (it arrives with the "
+                "routing issue); use backend='reference'")
+    return None
+
+
+def check(prog):
+    why = unsupported(prog)
+    if why:
+        raise Unsupported(why)
     for grp in prog.groups:
         assert not grp.gather.per_query, "the Triton target tiles a dense key source for per-query gathers"
         assert S.b not in S.free_index_symbols(grp.gather.k_token), "static key maps do not depend on the batch"

@@ -184,7 +184,9 @@ def generate(prog, grp, sh, tables):
     w(f"t = qi * {sh.BM} + r")
     Pq = P.with_names({S.t: ("t", "int")})
     w(f"qok = (r < {sh.BM}) & (t < {sh.LQ})" + _and(Pq, gat.q_valid))
-    w(f"qtok = tl.where(qok, {Pq(gat.q_token, 'int')}, 0)")
+    # tokens of padding rows/keys are only ever used under a load/store mask (or clamped in a
+    # table read), so the maps are printed bare: an affine map keeps Triton's contiguity analysis
+    w(f"qtok = {Pq(gat.q_token, 'int')} + r * 0")
     w("t2 = t[:, None]")
     w("i2 = qtok[:, None]")
     w(f"dd = tl.arange(0, {sh.DP})")
@@ -210,7 +212,7 @@ def generate(prog, grp, sh, tables):
             w(f"c = tl.arange(0, {sh.BNP})")
             w(f"u = kb * {sh.BN} + c")
             w(f"kok = (c < {sh.BN}) & (u < {sh.LK})" + _and(Pk, gat.k_valid))
-            w(f"ktok = tl.where(kok, {Pk(gat.k_token, 'int')}, 0)")
+            w(f"ktok = {Pk(gat.k_token, 'int')} + c * 0")
             w("u2 = u[None, :]")
             w("j2 = ktok[None, :]")
             w(f"kt = tl.load(k + plane * {sh.M * sh.D} + j2 * {sh.D} + dd[:, None], "

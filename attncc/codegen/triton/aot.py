@@ -1,0 +1,93 @@
+"""Ahead-of-time compiles of generated Triton kernels for NVIDIA GPUs, without a GPU:
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", 80 | 90, 32))`` builds PTX and a
+cubin (ptxas runs on this machine), and reports the shared memory the kernel needs; ptxas's
+log gives registers and spills."""
+import contextlib
+import io
+import re
+import time
+from dataclasses import dataclass
+
+from ...ir.plan import FAST_MEMORY, shared_memory
+from .backend import check, load_source, table_meta
+from .source import generate, group_shape, tile_tables
+
+ARCHS = {"sm_80": 80, "sm_90": 90}
+POINTER = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32"}
+
+
+@dataclass(frozen=True)
+class AotResult:
+    """One group kernel compiled for one arch."""
+    arch: str
+    heads: tuple
+    plan: object
+    shared: int             # bytes, as Triton's compiled metadata reports them
+    model: int              # bytes, as the plan's shared-memory model predicted them
+    seconds: float
+    registers: int | None
+    spills: int | None
+
+    @property
+    def limit(self):
+        return FAST_MEMORY[self.arch].bytes
+
+    @property
+    def fits(self):
+        return self.shared <= self.limit
+
+
+def signature(prog, meta):
+    elem = POINTER[prog.dtype]
+    sig = {n: elem for n in ("q", "k", "v", "o")}
+    sig["lse"] = "*fp32"
+    sig.update({n: "*i32" for n in ("heads", "tcnt", "tlist", "tcls", "acls")})
+    for param, _, kind in meta.values():
+        sig[param] = "*fp32" if kind == "float" else "*i32"
+    sig["STATS"] = "constexpr"
+    return sig
+
+
+def _ptxas_counts(log):
+    regs = re.findall(r"Used (\d+) registers", log)
+    spills = re.findall(r"(\d+) bytes spill stores", log)
+    return (int(regs[-1]) if regs else None), (int(spills[-1]) if spills else None)
+
+
+def compile_program(prog, tensors, stats=True):
+    """Compile every head group's kernel of a lowered Program (its target is the arch)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    if prog.target not in ARCHS:
+        raise ValueError(f"ahead-of-time compiles need a Program lowered for {sorted(ARCHS)}, got {prog.target!r}")
+    if prog.dtype not in POINTER:
+        raise ValueError(f"ahead-of-time compiles take float16, bfloat16 or float32, got {prog.dtype!r}")
+    check(prog)
+    meta = table_meta(prog, tensors)
+    elem = 2 if prog.dtype in ("float16", "bfloat16") else 4
+    results = []
+    for grp in prog.groups:
+        _, lst, _ = tile_tables(grp)
+        shape = group_shape(prog, grp, lst.shape[-1])
+        fn = load_source(generate(prog, grp, shape, meta))
+        src = ASTSource(fn=JITFunction(fn), signature=signature(prog, meta), constexprs={"STATS": stats})
+        plan = grp.plan
+        log = io.StringIO()
+        t0 = time.perf_counter()
+        knobs = triton.knobs.nvidia
+        old = knobs.dump_ptxas_log
+        knobs.dump_ptxas_log = True           # ptxas -v's log (registers, spills) goes to stdout
+        try:
+            with contextlib.redirect_stdout(log):
+                kern = triton.compile(src, target=GPUTarget("cuda", ARCHS[prog.target], 32),
+                                      options={"num_warps": plan.num_warps, "num_stages": plan.num_stages})
+        finally:
+            knobs.dump_ptxas_log = old
+        secs = time.perf_counter() - t0
+        regs, spills = _ptxas_counts(log.getvalue())
+        results.append(AotResult(prog.target, grp.heads, plan, int(kern.metadata.shared),
+                                 shared_memory(plan, prog.dims.d, prog.dims.dv, elem), secs, regs, spills))
+    return results
