@@ -112,3 +112,14 @@ def test_tvm_sigmoid_without_lse_skips_statistics_and_still_matches(name):
     spec, dims, tensors = CASES[name]
     q, k, v = make_inputs(dims)
     check_against_oracle(spec, q, k, v, tensors, lse=False, backend="tvm")
+
+
+@pytest.mark.parametrize("dims", [Dims(2, 2, 100, 100, 16, 16), Dims(1, 2, 150, 300, 32, 48)], ids=str)
+def test_tvm_sigmoid_weights_of_full_tiles_come_out_of_the_register_tile(dims):
+    # FULL tiles (here with padding keys past the extent) skip the mask and normalizer passes
+    spec = ac.Attention(normalizer=ac.sigmoid(-2.0))
+    q, k, v = make_inputs(dims)
+    check_against_oracle(spec, q, k, v, lse=False, backend="tvm")
+    comp = ac.compile(spec, backend="tvm").compiled(dims, "float32", {})
+    src = "".join(c.source for c, _ in comp.kernels(False))
+    assert "if cls == 2:" in src and "T.Select(cg * " in src

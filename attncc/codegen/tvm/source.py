@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...ir import symbols as S
-from ...ir.program import EMPTY, PARTIAL
+from ...ir.program import EMPTY, FULL, PARTIAL
 from .hoist import Hoister
 from .printer import TIRPrinter
 
@@ -325,18 +325,19 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
                 w(f"u = kb * {sh.BN} + c")
                 for sym, text in cols:
                     w(f"{sym}[c] = {text}")
-        # S = Q K^T, register tile MR x VW
-        MR, VW = sh.MR, sh.VW
-        # key-column blocks outer: a [d, VW] block of K stays in L1 across the row groups
-        w(f"for cg in range({0 if 'qk' in skip else sh.BNP // VW}):")
-        with w.block():
-            w(f"for rg in range({sh.BMP // MR}):")
+        # plain sigmoid weights of a FULL tile come straight out of the QK^T register tile (no
+        # mask, no statistics: the weights need no second pass over the scores)
+        fused = (norm.kind == "sigmoid" and not stats and pass_ == 0 and prog.score == S.score
+                 and post == S.weight and not skip)
+        if fused:
+            w(f"if cls == {FULL}:")
             with w.block():
-                _tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = T.float32(0)")
-                w(f"for dd in range({sh.D}):")
-                with w.block():
-                    _tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = s[rg * {MR} + ri, cg * {VW} + ci] + "
-                                          f"qs[rg * {MR} + ri, dd] * kpk[b, hh, g, kb, dd, cg * {VW} + ci]")
+                cell = f"s[rg * {sh.MR} + ri, cg * {sh.VW} + ci]"
+                _qk(w, sh, skip, f"{cell} = T.Select(cg * {sh.VW} + ci < T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), "
+                                 f"{_sigmoid(norm, cell)}, T.float32(0))")
+            w("else:")
+            w.depth += 1
+        _qk(w, sh, skip)
         # score modifiers, then the mask (partial tiles evaluate the residual)
         if prog.score != S.score:
             w(f"for r in range({sh.BMP}):")
@@ -363,7 +364,7 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
                     w(f"s[r, c] = T.Select(s[r, c] > T.float32(NEG_HALF), {wtext}, T.float32(0))")
             elif norm.kind == "sigmoid" and not stats:     # weights only: no running max or sum
                 sc = "s[r, cc * 8 + i]"
-                sig = f"(T.float32(1) / (T.float32(1) + fexp(T.float32({-norm.bias!r}) - {sc})))"
+                sig = _sigmoid(norm, sc)
                 w(f"for cc in range({sh.BNP // 8}):")
                 with w.block():
                     w("for i in T.vectorized(8):")
@@ -394,7 +395,7 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
                         else:
                             w(f"lanes2[i] = lanes2[i] + {p}")
                         if norm.kind == "sigmoid":
-                            sig = f"(T.float32(1) / (T.float32(1) + fexp(T.float32({-norm.bias!r}) - {sc})))"
+                            sig = _sigmoid(norm, sc)
                             w(f"{sc} = T.Select({sc} > T.float32(NEG_HALF), {weight(sig, 'cc * 8 + i')}, T.float32(0))")
                 w("alpha = fexp(mx[r] - mnew)")
                 w("sm[r] = sm[r] * alpha + lanes_sum(lanes2, 8)")
@@ -403,10 +404,12 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
                     w(f"for j in T.vectorized({sh.DVP}):")
                     with w.block():
                         w("acc[r, j] = acc[r, j] * alpha")
+        if fused:
+            w.depth -= 1
         if pass_ == 1:
             return
         # acc += P V, register tile MR x PW
-        PW = 16 if sh.DVP % 16 == 0 else 8
+        MR, PW = sh.MR, 16 if sh.DVP % 16 == 0 else 8
         # value-column blocks outer: a [bn, PW] slice of V stays in L1 across the row groups
         w(f"for jg in range({0 if 'pv' in skip else sh.DVP // PW}):")
         with w.block():
@@ -421,6 +424,28 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
                 with w.block():
                     _tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci] + "
                                           f"s[rg * {MR} + ri, c] * {vrow}")
+
+
+def _sigmoid(norm, x):
+    return f"(T.float32(1) / (T.float32(1) + fexp(T.float32({-norm.bias!r}) - {x})))"
+
+
+def _qk(w, sh, skip, epilogue=None):
+    """S = Q K^T into s, register tile MR x VW; `epilogue` (a statement on the tile's cells)
+    runs on the registers before they are stored."""
+    MR, VW = sh.MR, sh.VW
+    # key-column blocks outer: a [d, VW] block of K stays in L1 across the row groups
+    w(f"for cg in range({0 if 'qk' in skip else sh.BNP // VW}):")
+    with w.block():
+        w(f"for rg in range({sh.BMP // MR}):")
+        with w.block():
+            _tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = T.float32(0)")
+            w(f"for dd in range({sh.D}):")
+            with w.block():
+                _tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = s[rg * {MR} + ri, cg * {VW} + ci] + "
+                                      f"qs[rg * {MR} + ri, dd] * kpk[b, hh, g, kb, dd, cg * {VW} + ci]")
+            if epilogue:
+                _tile_loop(w, MR, VW, epilogue)
 
 
 def _mask_partial_row(w, sh, pair_ok):
