@@ -52,7 +52,7 @@ def main():
             times[label].append(median_ms(lambda: p(q, k, v, tensors)))
     whole = statistics.median(times["whole"])
     print(f"{name}: {prog.groups[0].plan}")
-    print(f"| variant | ms | phase share |\n|---|---|---|")
+    print("| variant | ms | phase share |\n|---|---|---|")
     for label, ts in times.items():
         t = statistics.median(ts)
         share = "" if label == "whole" else f"{(whole - t) / whole:.0%}"

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from ...ir.plan import FAST_MEMORY, shared_memory
 from .backend import check, load_source, table_meta
-from .source import generate, group_shape, tile_tables
+from ..tiles import tile_tables
+from .source import generate, group_shape
 
 ARCHS = {"sm_80": 80, "sm_90": 90}
 POINTER = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32"}

@@ -24,7 +24,8 @@ import torch
 
 from ...ir import symbols as S
 from ...version import __version__
-from .source import KERNEL, generate, group_shape, tile_tables
+from ..tiles import tile_tables
+from .source import KERNEL, generate, group_shape
 
 
 class Unsupported(NotImplementedError):

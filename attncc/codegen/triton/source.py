@@ -23,10 +23,9 @@ import sympy
 
 from ...ir import symbols as S
 from ...ir.program import FULL, PARTIAL
-from ..tvm.hoist import Hoister
+from ..hoist import Hoister
 # the tile tables are the IR's block classification coarsened to the plan: one definition,
 # shared with the TVM backend (it is pure numpy, it imports nothing of TVM)
-from ..tvm.source import tile_tables  # noqa: F401  (re-exported for the Triton backend)
 from .printer import TritonPrinter
 
 NEG = -1.0e30          # the score of a masked pair (finite: exp(NEG - NEG) is no NaN)

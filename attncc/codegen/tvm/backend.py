@@ -6,7 +6,8 @@ import torch
 from ...ir import symbols as S
 from .build import compile_source
 from .per_query import generate_per_query
-from .source import generate, group_shape, tile_tables
+from ..tiles import tile_tables
+from .source import generate, group_shape
 
 
 class Unsupported(NotImplementedError):

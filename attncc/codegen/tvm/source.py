@@ -12,11 +12,9 @@ back through the query index map into the unpartitioned [B, H, N, dv] layout.
 """
 from dataclasses import dataclass
 
-import numpy as np
-
 from ...ir import symbols as S
 from ...ir.program import EMPTY, FULL, PARTIAL
-from .hoist import Hoister
+from ..hoist import Hoister
 from .printer import TIRPrinter
 
 
@@ -51,23 +49,6 @@ class GroupShape:
     BMP: int
     BNP: int
     DVP: int
-
-
-def tile_tables(grp):
-    """(count [G, NQ], list [G, NQ, KMAX], class [G, NQ, KMAX]) of the non-empty key tiles."""
-    tiles = grp.blocks.coarsen(grp.plan.block_m, grp.plan.block_n)
-    G, NQ, NK = tiles.shape
-    nonempty = tiles != EMPTY
-    cnt = nonempty.sum(-1).astype(np.int32)
-    kmax = max(1, int(cnt.max()))
-    lst = np.zeros((G, NQ, kmax), np.int32)
-    cls = np.zeros((G, NQ, kmax), np.int32)
-    for g in range(G):
-        for qi in range(NQ):
-            ks = np.flatnonzero(nonempty[g, qi])
-            lst[g, qi, :len(ks)] = ks
-            cls[g, qi, :len(ks)] = tiles[g, qi, ks]
-    return cnt, lst, cls
 
 
 def group_shape(prog, grp, kmax):
