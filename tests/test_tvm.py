@@ -123,3 +123,14 @@ def test_tvm_sigmoid_weights_of_full_tiles_come_out_of_the_register_tile(dims):
     comp = ac.compile(spec, backend="tvm").compiled(dims, "float32", {})
     src = "".join(c.source for c, _ in comp.kernels(False))
     assert "if cls == 2:" in src and "T.Select(cg * " in src
+
+
+@pytest.mark.parametrize("d, dv", [(16, 16), (32, 48), (64, 64), (96, 20), (128, 128), (256, 256), (256, 40)],
+                         ids=lambda x: str(x))
+@pytest.mark.parametrize("spec", [ac.Attention(ac.sliding_window(24)),
+                                  ac.Attention(ac.window2d((10, 8), (5, 4), (2, 2)), normalizer=ac.sigmoid())],
+                         ids=["sliding", "shifted_window_sigmoid"])
+def test_tvm_head_dims_16_to_256(spec, d, dv):
+    # value dims that are not a multiple of 8 take the packed-V path, the others read V in place
+    q, k, v = make_inputs(Dims(1, 2, 80, 80, d, dv))
+    check_against_oracle(spec, q, k, v, backend="tvm")
