@@ -15,31 +15,42 @@ import torch.nn.functional as F
 from .dsl import patterns as P
 from .dsl.modifiers import score_mod
 from .dsl.spec import Attention
+from .runtime import custom_op
 from .runtime.kernel import compile as ac_compile
 
 WEIGHT_CHUNK = 256      # identity columns per pass when need_weights asks for the weights
 
 
-def _mask_terms(attn_mask, kpm, num_heads):
-    """(extra patterns, extra score mods, tensors) expressing torch's masks in the DSL."""
-    pats, mods, tensors = [], [], {}
-    if attn_mask is not None:
-        tensors["attn_mask"] = attn_mask
-        if attn_mask.dim() == 2:
+def _mask_sig(attn_mask, kpm, causal):
+    """The kinds of masks of a call, as a short string (the kernel cache key): attn_mask
+    '-' | 'b2' | 'f2' | 'b3' | 'f3', key_padding_mask '-' | 'b' | 'f', then 'c' when causal."""
+    a = "-" if attn_mask is None else ("b" if attn_mask.dtype == torch.bool else "f") + str(attn_mask.dim())
+    k = "-" if kpm is None else ("b" if kpm.dtype == torch.bool else "f")
+    return f"{a}{k}{'c' if causal else ''}"
+
+
+def _mask_terms(sig, num_heads):
+    """(extra patterns, extra score mods) expressing torch's masks, as described by a mask
+    signature, in the DSL (the tensors are captured by the names attn_mask and key_padding_mask)."""
+    pats, mods = [], []
+    kinds = sig.rstrip("c")
+    a, kp = (kinds[:-1], kinds[-1])
+    if a != "-":
+        if a[1] == "2":
             idx = lambda b, h, q, k, m: m[q, k]
         else:                                          # [B * H, L, S]
             idx = lambda b, h, q, k, m: m[b * num_heads + h, q, k]
-        if attn_mask.dtype == torch.bool:
+        if a[0] == "b":
             pats.append(P.mask(lambda b, h, q, k, attn_mask: idx(b, h, q, k, attn_mask) == 0))
         else:
             mods.append(score_mod(lambda s, b, h, q, k, attn_mask: s + idx(b, h, q, k, attn_mask)))
-    if kpm is not None:
-        tensors["key_padding_mask"] = kpm
-        if kpm.dtype == torch.bool:
-            pats.append(P.mask(lambda b, h, q, k, key_padding_mask: key_padding_mask[b, k] == 0))
-        else:
-            mods.append(score_mod(lambda s, b, h, q, k, key_padding_mask: s + key_padding_mask[b, k]))
-    return pats, mods, tensors
+    if kp == "b":
+        pats.append(P.mask(lambda b, h, q, k, key_padding_mask: key_padding_mask[b, k] == 0))
+    elif kp == "f":
+        mods.append(score_mod(lambda s, b, h, q, k, key_padding_mask: s + key_padding_mask[b, k]))
+    if sig.endswith("c"):
+        pats.insert(0, P.causal())
+    return pats, mods
 
 
 class MultiheadAttention(torch.nn.MultiheadAttention):
@@ -63,6 +74,7 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         self.spec = spec if spec is not None else Attention()
         self.backend = backend
         self._kernels = {}
+        self._op_ref = custom_op.register(self, "m")     # names this module to the torch custom op
         # a forward pre-hook keeps nn.TransformerEncoderLayer off its fused fast path, which
         # would bypass this module's forward (torch checks for hooks before taking it)
         self.register_forward_pre_hook(lambda module, args: None)
@@ -82,18 +94,35 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
 
     def kernel(self, attn_mask=None, key_padding_mask=None, causal=False):
         """The compiled kernel for this module's spec plus the given mask kinds (cached)."""
-        sig = tuple(None if m is None else (m.dim(), m.dtype == torch.bool) for m in (attn_mask, key_padding_mask))
-        key = (sig, causal)
-        kern = self._kernels.get(key)
+        return self._kernel_for_ref(_mask_sig(attn_mask, key_padding_mask, causal))
+
+    def _kernel_for_ref(self, sig):
+        kern = self._kernels.get(sig)
         if kern is None:
-            pats, mods, _ = _mask_terms(attn_mask, key_padding_mask, self.num_heads)
+            pats, mods = _mask_terms(sig, self.num_heads)
             pattern = self.spec.pattern
-            for p in ([P.causal()] if causal else []) + pats:
+            for p in pats:
                 pattern = pattern & p
             spec = Attention(pattern, self.spec.normalizer, self.spec.score_mods + tuple(mods),
                              self.spec.post_mods, self.spec.scale)
-            kern = self._kernels[key] = ac_compile(spec, backend=self.backend)
+            kern = self._kernels[sig] = ac_compile(spec, backend=self.backend)
         return kern
+
+    def _attend(self, sig, q, k, v, tensors):
+        if torch.compiler.is_compiling():       # one opaque op in the traced graph
+            return custom_op.call(f"{self._op_ref}/{sig}", q, k, v, tensors, False)
+        return self._kernel_for_ref(sig)(q, k, v, **tensors)
+
+    def __getstate__(self):        # copies and pickles compile their own kernels
+        state = dict(self.__dict__)
+        state.pop("_kernels", None)
+        state.pop("_op_ref", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._kernels = {}
+        self._op_ref = custom_op.register(self, "m")
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
@@ -131,7 +160,7 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
             v = torch.cat([v, v.new_zeros(B, H, 1, hd)], dim=2)
             attn_mask, key_padding_mask = _pad_masks(attn_mask, key_padding_mask)
         causal = bool(is_causal) and key_padding_mask is None
-        kern = self.kernel(attn_mask, key_padding_mask, causal)
+        sig = _mask_sig(attn_mask, key_padding_mask, causal)
         tensors = {}
         if attn_mask is not None:
             tensors["attn_mask"] = attn_mask.to(q.dtype) if attn_mask.is_floating_point() else attn_mask
@@ -141,12 +170,12 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         dropout = self.dropout if self.training else 0.0
         weights = None
         if need_weights or dropout > 0:
-            weights = self._weights(kern, q, k, tensors)                  # [B, H, L, S]
+            weights = self._weights(sig, q, k, tensors)                  # [B, H, L, S]
             if dropout > 0:     # as torch: dropout on the weights, which are also returned
                 weights = F.dropout(weights.reshape(B * H, L, -1), p=dropout).view_as(weights)
             out = weights @ v
         else:
-            out = kern(q, k, v, **tensors)
+            out = self._attend(sig, q, k, v, tensors)
         out = out.permute(2, 0, 1, 3).reshape(L, B, E)
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
         if self.batch_first and batched:
@@ -161,14 +190,14 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
             weights = weights.squeeze(0)
         return out, weights
 
-    def _weights(self, kern, q, k, tensors):
+    def _weights(self, sig, q, k, tensors):
         """The spec's attention weights [B, H, L, S]: the kernel applied to identity values, a
         chunk of key columns at a time (weights are what multiplies v, whatever the normalizer)."""
         B, H, S = k.shape[0], k.shape[1], k.shape[2]
         cols = []
         for c0 in range(0, S, WEIGHT_CHUNK):
             eye = torch.eye(S, dtype=q.dtype, device=q.device)[:, c0:c0 + WEIGHT_CHUNK]
-            cols.append(kern(q, k, eye.expand(B, H, S, eye.shape[1]), **tensors))
+            cols.append(self._attend(sig, q, k, eye.expand(B, H, S, eye.shape[1]), tensors))
         return torch.cat(cols, dim=-1)
 
 

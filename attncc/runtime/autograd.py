@@ -1,9 +1,25 @@
 """Gradients for generated kernels: the forward runs the generated kernel, the backward
 recomputes through the eager reference (memory-proportional to the useful pairs) and
-differentiates that, until generated backward kernels exist."""
+differentiates that, until generated backward kernels exist. ``recompute_grads`` is shared by
+the eager path (the autograd.Function below) and the torch.compile path (custom_op.py)."""
 import torch
 
 from ..reference import eager
+
+
+def recompute_grads(prog, inputs, names, return_lse, grads):
+    """Gradients of the reference's (out[, lse]) for `inputs` = (q, k, v, *captured tensors named
+    `names`), given the output gradients `grads` (None entries are skipped). None for an input
+    that is not floating point or that the outputs do not depend on."""
+    inputs = [x.detach().requires_grad_(x.is_floating_point()) for x in inputs]
+    with torch.enable_grad():
+        got = eager.run(prog, *inputs[:3], dict(zip(names, inputs[3:])), return_lse=return_lse)
+        outs = got if return_lse else (got,)
+        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
+        wrt = [x for x in inputs if x.requires_grad]
+        got = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
+    it = iter(got)
+    return [next(it) if x.requires_grad else None for x in inputs]
 
 
 class _Attention(torch.autograd.Function):
@@ -16,16 +32,8 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        q, k, v, *tensors = ctx.saved_tensors
-        inputs = [x.detach().requires_grad_(x.is_floating_point()) for x in (q, k, v, *tensors)]
-        with torch.enable_grad():
-            got = eager.run(ctx.prog, *inputs[:3], dict(zip(ctx.names, inputs[3:])), return_lse=ctx.return_lse)
-            outs = got if ctx.return_lse else (got,)
-            pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
-            wrt = [x for x in inputs if x.requires_grad]
-            got = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
-        it = iter(got)
-        return (None, None, None, None) + tuple(next(it) if x.requires_grad else None for x in inputs)
+        return (None, None, None, None) + tuple(recompute_grads(ctx.prog, ctx.saved_tensors, ctx.names,
+                                                                ctx.return_lse, grads))
 
 
 def differentiable(run, prog, q, k, v, tensors, return_lse):
