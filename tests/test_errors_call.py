@@ -45,9 +45,8 @@ def test_unknown_backend():
 
 
 @pytest.mark.parametrize("spec, why", [
-    (ac.Attention(normalizer=ac.linear()), "backend='tvm' does not generate linear attention yet"),
     (ac.Attention(ac.routing((4, 4), (2, 2), 1)), "backend='tvm' does not generate content-dependent routing yet"),
-], ids=["linear", "routing"])
+], ids=["routing"])
 def test_tvm_backend_refuses_what_it_cannot_generate(spec, why):
     q = torch.randn(1, 1, 16, 8)
     with pytest.raises(NotImplementedError, match=re.escape(why)):

@@ -32,7 +32,7 @@ def _elem_bytes(prog):
     return ELEM_BYTES.get(prog.dtype, 4) if FAST_MEMORY[prog.target].kind == "smem" else 4
 
 
-def default_plan(grp, dims, target, elem_bytes=4):
+def default_plan(grp, dims, target, elem_bytes=4, linear=False):
     gat = grp.gather
     want = DEFAULTS.get(target, {})
     bn = want.get("block_n", DEFAULT_TILE)
@@ -41,6 +41,10 @@ def default_plan(grp, dims, target, elem_bytes=4):
     bm = want.get("block_m", DEFAULT_TILE)
     if gat.Lq <= want.get("whole_queries", 0):         # a short query extent is one tile (less padding)
         bm = -(-gat.Lq // atom(gat.Lq)) * atom(gat.Lq)
+    if linear:
+        # linear attention: query and key tiles are the chunks (states per key chunk, the
+        # quadratic form only on the chunks the mask cuts)
+        bm = bn = TilePlan().chunk
     plan = TilePlan(block_m=_tile(gat.Lq, bm), block_n=_tile(gat.Lk, bn))
     if "vector" in want:
         # narrow key tiles (a 7x7 window) pad less with 8 lanes; rows unroll by 6 when that pads
@@ -70,7 +74,7 @@ def plan(prog, plans=None):
     given, else the target's default."""
     for k, grp in enumerate(prog.groups):
         if plans is None:
-            p = default_plan(grp, prog.dims, prog.target, _elem_bytes(prog))
+            p = default_plan(grp, prog.dims, prog.target, _elem_bytes(prog), prog.norm.kind == "linear")
         else:
             p = plans[k] if isinstance(plans, (tuple, list)) else plans
         aq, ak = grp.blocks.atom

@@ -5,6 +5,7 @@ import torch
 
 from ...ir import symbols as S
 from .build import compile_source
+from .linear import generate_linear
 from .per_query import generate_per_query
 from ..tiles import tile_tables
 from .source import generate, group_shape
@@ -15,9 +16,6 @@ class Unsupported(NotImplementedError):
 
 
 def check(prog):
-    if prog.norm.kind == "linear":
-        raise Unsupported("backend='tvm' does not generate linear attention yet (it arrives with the routing and "
-                          "linear attention issue); use backend='reference'")
     if prog.prologues:
         raise Unsupported("backend='tvm' does not generate content-dependent routing yet (it arrives with the "
                           "routing issue); use backend='reference'")
@@ -61,7 +59,9 @@ class TVMProgram:
             for grp in self.prog.groups:
                 cnt, lst, cls = tile_tables(grp)
                 shape = group_shape(self.prog, grp, lst.shape[-1])
-                if grp.gather.per_query:
+                if self.prog.norm.kind == "linear":
+                    src = generate_linear(self.prog, grp, shape, self.meta)
+                elif grp.gather.per_query:
                     src = generate_per_query(self.prog, grp, shape, self.meta)
                 else:
                     src = generate(self.prog, grp, shape, self.meta, self.skip, stats)

@@ -229,15 +229,10 @@ def _chunk(items, threads=2):
     return max(c for c in range(1, want + 1) if items % c == 0)
 
 
-def _pack(w, sh, P, gat):
-    """Once per call: the key map evaluated per key tile (tokens and validity), then K
-    (transposed) and V packed per (batch, head, group, key tile), zero-padded, so every query
-    tile reads contiguous [d, bn] and [bn, dv] tiles without index arithmetic."""
+def key_tables(w, sh, P, gat):
+    """ktk / kokp [G, NK, BNP]: the key map evaluated per key tile (token, validity)."""
     w(f"ktk = T.alloc_buffer(({sh.G}, {sh.NK}, {sh.BNP}), \"int32\")")
     w(f"kokp = T.alloc_buffer(({sh.G}, {sh.NK}, {sh.BNP}), \"float32\")")
-    w(f"kpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}, {sh.BNP}), \"float32\")")
-    if not v_in_place(sh):
-        w(f"vpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.BNP}, {sh.DVP}), \"float32\")")
     w(f"for gk in T.parallel({sh.G * sh.NK}):")
     with w.block():
         w(f"g = gk // {sh.NK}")
@@ -248,6 +243,11 @@ def _pack(w, sh, P, gat):
             w(f"kv = T.And(T.And(c < {sh.BN}, u < {sh.LK}), {P(gat.k_valid, 'bool')})")
             w("kokp[g, kb, c] = T.Select(kv, T.float32(1), T.float32(0))")
             w(f"ktk[g, kb, c] = T.Select(kv, {P(gat.k_token, 'int')}, 0)")
+
+
+def key_tile_tasks(w, sh):
+    """A parallel loop over (batch, head of the group, group, key tile); the caller writes
+    its body."""
     w(f"for task in T.parallel({sh.B * sh.HG * sh.G * sh.NK}):")
     with w.block():
         w(f"b = task // {sh.HG * sh.G * sh.NK}")
@@ -255,6 +255,18 @@ def _pack(w, sh, P, gat):
         w(f"g = task // {sh.NK} % {sh.G}")
         w(f"kb = task % {sh.NK}")
         w("h = heads[hh]")
+
+
+def _pack(w, sh, P, gat):
+    """Once per call: the key map evaluated per key tile (tokens and validity), then K
+    (transposed) and V packed per (batch, head, group, key tile), zero-padded, so every query
+    tile reads contiguous [d, bn] and [bn, dv] tiles without index arithmetic."""
+    key_tables(w, sh, P, gat)
+    w(f"kpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}, {sh.BNP}), \"float32\")")
+    if not v_in_place(sh):
+        w(f"vpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.BNP}, {sh.DVP}), \"float32\")")
+    key_tile_tasks(w, sh)
+    with w.block():
         w(f"for c in range({sh.BNP}):")
         with w.block():
             w(f"for j in range({sh.D}):")
@@ -314,11 +326,11 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
             w(f"if cls == {FULL}:")
             with w.block():
                 cell = f"s[rg * {sh.MR} + ri, cg * {sh.VW} + ci]"
-                _qk(w, sh, skip, f"{cell} = T.Select(cg * {sh.VW} + ci < T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), "
+                qk(w, sh, skip, f"{cell} = T.Select(cg * {sh.VW} + ci < T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), "
                                  f"{_sigmoid(norm, cell)}, T.float32(0))")
             w("else:")
             w.depth += 1
-        _qk(w, sh, skip)
+        qk(w, sh, skip)
         # score modifiers, then the mask (partial tiles evaluate the residual)
         if prog.score != S.score:
             w(f"for r in range({sh.BMP}):")
@@ -326,15 +338,7 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
                 w(f"for c in range({sh.BNP}):")
                 with w.block():
                     w(f"s[r, c] = {Pq(score, 'float')}")
-        w(f"for r in range({0 if 'mask' in skip else sh.BMP}):")
-        with w.block():
-            w(f"if cls == {PARTIAL}:")
-            with w.block():
-                _mask_partial_row(w, sh, pair_ok)
-            # every tile masks its padding keys (past the extent, or past block_n)
-            w(f"for c in range(T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0), {sh.BNP}):")
-            with w.block():
-                w("s[r, c] = T.float32(NEG)")
+        mask(w, sh, pair_ok, skip)
         # normalizer, row by row (8 lanes)
         w(f"for r in range({0 if 'softmax' in skip else sh.BMP}):")
         with w.block():
@@ -389,29 +393,46 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
             w.depth -= 1
         if pass_ == 1:
             return
-        # acc += P V, register tile MR x PW
-        MR, PW = sh.MR, 16 if sh.DVP % 16 == 0 else 8
-        # value-column blocks outer: a [bn, PW] slice of V stays in L1 across the row groups
-        w(f"for jg in range({0 if 'pv' in skip else sh.DVP // PW}):")
+        pv(w, sh, skip)
+
+
+def mask(w, sh, pair_ok, skip=()):
+    """Masked scores of the current key tile in s become NEG: pairs of PARTIAL tiles by the
+    residual, and every tile's padding keys (past the extent, or past block_n)."""
+    w(f"for r in range({0 if 'mask' in skip else sh.BMP}):")
+    with w.block():
+        w(f"if cls == {PARTIAL}:")
         with w.block():
-            w(f"for rg in range({sh.BMP // MR}):")
+            _mask_partial_row(w, sh, pair_ok)
+        w(f"for c in range(T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0), {sh.BNP}):")
+        with w.block():
+            w("s[r, c] = T.float32(NEG)")
+
+
+def pv(w, sh, skip=()):
+    """acc += s V over the current key tile, register tile MR x PW."""
+    MR, PW = sh.MR, 16 if sh.DVP % 16 == 0 else 8
+    # value-column blocks outer: a [bn, PW] slice of V stays in L1 across the row groups
+    w(f"for jg in range({0 if 'pv' in skip else sh.DVP // PW}):")
+    with w.block():
+        w(f"for rg in range({sh.BMP // MR}):")
+        with w.block():
+            if v_in_place(sh):       # only the tile's keys inside the extent
+                w(f"for c in range(T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0)):")
+                vrow = f"v[b, h, ktk[g, kb, c], jg * {PW} + ci]"
+            else:
+                w(f"for c in range({sh.BNP}):")
+                vrow = f"vpk[b, hh, g, kb, c, jg * {PW} + ci]"
             with w.block():
-                if v_in_place(sh):       # only the tile's keys inside the extent
-                    w(f"for c in range(T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0)):")
-                    vrow = f"v[b, h, ktk[g, kb, c], jg * {PW} + ci]"
-                else:
-                    w(f"for c in range({sh.BNP}):")
-                    vrow = f"vpk[b, hh, g, kb, c, jg * {PW} + ci]"
-                with w.block():
-                    _tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci] + "
-                                          f"s[rg * {MR} + ri, c] * {vrow}")
+                _tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci] + "
+                                      f"s[rg * {MR} + ri, c] * {vrow}")
 
 
 def _sigmoid(norm, x):
     return f"(T.float32(1) / (T.float32(1) + fexp(T.float32({-norm.bias!r}) - {x})))"
 
 
-def _qk(w, sh, skip, epilogue=None):
+def qk(w, sh, skip=(), epilogue=None):
     """S = Q K^T into s, register tile MR x VW; `epilogue` (a statement on the tile's cells)
     runs on the registers before they are stored."""
     MR, VW = sh.MR, sh.VW

@@ -1,0 +1,236 @@
+"""Generate the TVMScript of a linear-attention head group (PATTERNS.md: out_i =
+phi(q_i)^T S / (phi(q_i)^T z + eps), S and z summed over the keys i attends).
+
+The tiles are the softmax kernels' (block_n is the chunk), so the same static block
+classification decides the work. Three stages in one PrimFunc:
+
+1. per (batch, head, group, key tile): phi(K) packed transposed (zero for invalid and padding
+   keys), the tile's state phi(K)^T V [d, dv] and its normalizer sum phi(K) [d];
+2. per (batch, head, group): prefix sums of the tile states (the carried state of a causal
+   scan: state k+1 holds tiles 0..k);
+3. per query tile: phi(Q); the states of its FULL key tiles, summed by one prefix read when
+   they are the first n tiles (full attention: every tile; causal: the tiles below the
+   diagonal; windows: the window's tiles), else tile by tile; applied to phi(Q) by a
+   register-tiled micro-kernel; then on each PARTIAL tile (the causal diagonal, Swin's region
+   mask) the quadratic form phi(Q) phi(K)^T with the residual mask, added to numerator and
+   denominator.
+
+The denominator phi(q)^T z is accumulated in float64 (O(N d) work): with a signed feature map
+(identity) it is a sum with cancellation, and a row whose sum nearly cancels would otherwise
+amplify the fp32 rounding of z beyond the textbook quadratic form's.
+"""
+from ...ir import symbols as S
+from ...ir.program import FULL, PARTIAL
+from .printer import TIRPrinter
+from .source import (_chunk, _tile_loop, close_kernel, key_tables, key_tile_tasks, mask, open_kernel, pv, qk, task_item,
+                     v_in_place)
+
+
+def _phi_elem(name, x, fs="fs[0]"):
+    """The feature map of one element `x` (text); focused scales by the row factor `fs`."""
+    if name == "elu1":
+        return f"T.Select({x} > T.float32(0), {x} + T.float32(1), fexp({x}))"
+    if name == "relu":
+        return f"T.max({x}, T.float32(0))"
+    if name == "identity":
+        return x
+    if name == "focused":
+        r = f"T.max({x}, T.float32(0))"
+        return f"({r} * {r} * {r} * {fs})"
+    raise ValueError(f"unknown feature map {name!r}")
+
+
+def _phi_row(w, sh, fmap, src, dst, scale="T.float32(1)"):
+    """dst(j) = phi(src(j)) * scale for j < D; focused first takes the row's norms:
+    phi = ||relu(x)|| relu(x)^3 / ||relu(x)^3|| (0 when relu(x) is all zero)."""
+    if fmap == "focused":
+        w("fs[0] = T.float32(0)")
+        w("fs[1] = T.float32(0)")
+        w(f"for j in range({sh.D}):")
+        with w.block():
+            r = f"T.max({src('j')}, T.float32(0))"
+            w(f"fs[0] = fs[0] + {r} * {r}")
+            w(f"fs[1] = fs[1] + {r} * {r} * {r} * {r} * {r} * {r}")
+        w("fs[0] = T.Select(fs[1] > T.float32(0), T.sqrt(fs[0]) / T.sqrt(T.max(fs[1], T.float32(1e-38))), "
+          "T.float32(0))")
+    w(f"for j in range({sh.D}):")
+    with w.block():
+        w(f"{dst('j')} = {_phi_elem(fmap, src('j'))} * {scale}")
+
+
+def generate_linear(prog, grp, shape, tables):
+    """TVMScript source defining `build()` -> PrimFunc for one linear-attention head group."""
+    sh, gat, norm = shape, grp.gather, prog.norm
+    fmap = norm.feature_map
+    P = TIRPrinter({S.g: ("g", "int"), S.t: ("t", "int"), S.u: ("u", "int"), S.b: ("b", "int"),
+                    S.h: ("h", "int"), S.i: ("qtok[r]", "int"), S.j: ("ktk[g, kb, c]", "int")},
+                   {n: (s, k) for n, (s, k, _) in tables.items()})
+    pair_ok = P(grp.residual, "bool") if grp.residual is not None else "T.bool(True)"
+    w = open_kernel(sh, tables, "the IR (linear attention)")
+    key_tables(w, sh, P, gat)
+    st = f"({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}, {sh.DVP})"
+    pst = f"({sh.B}, {sh.HG}, {sh.G}, {sh.NK + 1}, {sh.D}, {sh.DVP})"
+    w(f"kpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}, {sh.BNP}), \"float32\")")
+    w(f"st = T.alloc_buffer({st}, \"float32\")")
+    w(f"zt = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}), \"float64\")")
+    w(f"pst = T.alloc_buffer({pst}, \"float32\")")
+    w(f"pzt = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK + 1}, {sh.D}), \"float64\")")
+    if not v_in_place(sh):
+        w(f"vpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.BNP}, {sh.DVP}), \"float32\")")
+    # ---- 1. phi(K) and the state of every key tile
+    key_tile_tasks(w, sh)
+    with w.block():
+        w("fs = T.alloc_buffer((2,), \"float32\", scope=\"local\")")
+        w(f"for dd in range({sh.D}):")
+        with w.block():
+            w("zt[b, hh, g, kb, dd] = T.float64(0)")
+            w(f"for j in T.vectorized({sh.DVP}):")
+            with w.block():
+                w("st[b, hh, g, kb, dd, j] = T.float32(0)")
+        w(f"for c in range({sh.BNP}):")
+        with w.block():
+            _phi_row(w, sh, fmap, lambda j: f"k[b, h, ktk[g, kb, c], {j}]", lambda j: f"kpk[b, hh, g, kb, {j}, c]",
+                     "kokp[g, kb, c]")
+            if not v_in_place(sh):
+                w(f"for j in range({sh.DVP}):")
+                with w.block():
+                    w(f"vpk[b, hh, g, kb, c, j] = T.Select(j < {sh.DV}, v[b, h, ktk[g, kb, c], T.min(j, {sh.DV - 1})] * "
+                      "kokp[g, kb, c], T.float32(0))")
+            w(f"for dd in range({sh.D}):")
+            with w.block():
+                w("zt[b, hh, g, kb, dd] = zt[b, hh, g, kb, dd] + T.Cast(\"float64\", kpk[b, hh, g, kb, dd, c])")
+                w(f"for j in T.vectorized({sh.DV}):")
+                with w.block():
+                    w("st[b, hh, g, kb, dd, j] = st[b, hh, g, kb, dd, j] + kpk[b, hh, g, kb, dd, c] * "
+                      "v[b, h, ktk[g, kb, c], j]")
+    # ---- 2. prefix sums of the tile states per (batch, head, group)
+    w(f"for task in T.parallel({sh.B * sh.HG * sh.G}):")
+    with w.block():
+        w(f"b = task // {sh.HG * sh.G}")
+        w(f"hh = task // {sh.G} % {sh.HG}")
+        w(f"g = task % {sh.G}")
+        w(f"for dd in range({sh.D}):")
+        with w.block():
+            w("pzt[b, hh, g, 0, dd] = T.float64(0)")
+            w(f"for j in T.vectorized({sh.DVP}):")
+            with w.block():
+                w("pst[b, hh, g, 0, dd, j] = T.float32(0)")
+        w(f"for kb in range({sh.NK}):")
+        with w.block():
+            w(f"for dd in range({sh.D}):")
+            with w.block():
+                w("pzt[b, hh, g, kb + 1, dd] = pzt[b, hh, g, kb, dd] + zt[b, hh, g, kb, dd]")
+                w(f"for j in T.vectorized({sh.DVP}):")
+                with w.block():
+                    w("pst[b, hh, g, kb + 1, dd, j] = pst[b, hh, g, kb, dd, j] + st[b, hh, g, kb, dd, j]")
+    # ---- 3. query tiles
+    items = sh.B * sh.HG * sh.G * sh.NQ
+    chunk = _chunk(items)
+    w(f"for task in T.parallel({items // chunk}):")
+    with w.block():
+        for name, shp, dt in (("qs", (sh.BMP, sh.D), "float32"), ("qtok", (sh.BMP,), "int32"),
+                              ("qok", (sh.BMP,), "int32"), ("s", (sh.BMP, sh.BNP), "float32"),
+                              ("acc", (sh.BMP, sh.DVP), "float32"), ("den", (sh.BMP,), "float64"),
+                              ("ssum", (sh.D, sh.DVP), "float32"), ("zsum", (sh.D,), "float64"),
+                              ("fs", (2,), "float32"), ("nf", (2,), "int32"), ("lanes2", (8,), "float32")):
+            w(f"{name} = T.alloc_buffer({shp}, \"{dt}\", scope=\"local\")")
+        w(f"for it in range({chunk}):")
+        w.depth += 1
+        task_item(w, sh, chunk)
+        w(f"for r in range({sh.BMP}):")
+        with w.block():
+            w(f"t = qi * {sh.BM} + r")
+            w(f"qok[r] = T.Cast(\"int32\", T.And(T.And(r < {sh.BM}, t < {sh.LQ}), {P(gat.q_valid, 'bool')}))")
+            w(f"qtok[r] = T.Select(qok[r] != 0, {P(gat.q_token, 'int')}, 0)")
+            _phi_row(w, sh, fmap, lambda j: f"q[b, h, qtok[r], {j}]", lambda j: f"qs[r, {j}]",
+                     "T.Cast(\"float32\", qok[r])")
+            w(f"for j in T.vectorized({sh.DVP}):")
+            with w.block():
+                w("acc[r, j] = T.float32(0)")
+            w("den[r] = T.float64(0)")
+        # the FULL key tiles: their states summed (one prefix read when they are tiles 0..n-1)
+        w("nf[0] = 0")
+        w("nf[1] = -1")
+        w("for kk in range(tcnt[g, qi]):")
+        with w.block():
+            w(f"if tcls[g, qi, kk] == {FULL}:")
+            with w.block():
+                w("nf[0] = nf[0] + 1")
+                w("nf[1] = T.max(nf[1], tlist[g, qi, kk])")
+        w("if nf[0] > 0:")
+        with w.block():
+            w("if nf[1] + 1 == nf[0]:")
+            with w.block():
+                w(f"for dd in range({sh.D}):")
+                with w.block():
+                    w("zsum[dd] = pzt[b, hh, g, nf[0], dd]")
+                    w(f"for j in T.vectorized({sh.DVP}):")
+                    with w.block():
+                        w("ssum[dd, j] = pst[b, hh, g, nf[0], dd, j]")
+            w("else:")
+            with w.block():
+                w(f"for dd in range({sh.D}):")
+                with w.block():
+                    w("zsum[dd] = T.float64(0)")
+                    w(f"for j in T.vectorized({sh.DVP}):")
+                    with w.block():
+                        w("ssum[dd, j] = T.float32(0)")
+                w("for kk in range(tcnt[g, qi]):")
+                with w.block():
+                    w(f"if tcls[g, qi, kk] == {FULL}:")
+                    with w.block():
+                        w(f"for dd in range({sh.D}):")
+                        with w.block():
+                            w("zsum[dd] = zsum[dd] + zt[b, hh, g, tlist[g, qi, kk], dd]")
+                            w(f"for j in T.vectorized({sh.DVP}):")
+                            with w.block():
+                                w("ssum[dd, j] = ssum[dd, j] + st[b, hh, g, tlist[g, qi, kk], dd, j]")
+            # acc = phi(Q) ssum (register tile MR x PW), den = phi(Q) . zsum
+            MR, PW = sh.MR, 16 if sh.DVP % 16 == 0 else 8
+            w(f"for jg in range({sh.DVP // PW}):")
+            with w.block():
+                w(f"for rg in range({sh.BMP // MR}):")
+                with w.block():
+                    w(f"for dd in range({sh.D}):")
+                    with w.block():
+                        _tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci]"
+                                              f" + qs[rg * {MR} + ri, dd] * ssum[dd, jg * {PW} + ci]")
+            w(f"for r in range({sh.BMP}):")
+            with w.block():
+                w(f"for dd in range({sh.D}):")
+                with w.block():
+                    w("den[r] = den[r] + T.Cast(\"float64\", qs[r, dd]) * zsum[dd]")
+        # the PARTIAL key tiles: the masked quadratic form
+        w("for kk in range(tcnt[g, qi]):")
+        with w.block():
+            w("kb = tlist[g, qi, kk]")
+            w("cls = tcls[g, qi, kk]")
+            w(f"if cls == {PARTIAL}:")
+            with w.block():
+                qk(w, sh)
+                mask(w, sh, pair_ok)
+                w(f"for r in range({sh.BMP}):")
+                with w.block():
+                    w("for i in T.vectorized(8):")
+                    with w.block():
+                        w("lanes2[i] = T.float32(0)")
+                    w(f"for cc in range({sh.BNP // 8}):")
+                    with w.block():
+                        w("for i in T.vectorized(8):")
+                        with w.block():
+                            sc = "s[r, cc * 8 + i]"
+                            w(f"{sc} = T.Select({sc} > T.float32(NEG_HALF), {sc}, T.float32(0))")
+                            w(f"lanes2[i] = lanes2[i] + {sc}")
+                    w("den[r] = den[r] + T.Cast(\"float64\", lanes_sum(lanes2, 8))")
+                pv(w, sh)
+        # ---- epilogue: write through the query map
+        w(f"for r in range({sh.BM}):")
+        with w.block():
+            w("if qok[r] != 0:")
+            with w.block():
+                w(f"inv = T.Cast(\"float32\", T.float64(1) / (den[r] + T.float64({norm.eps!r})))")
+                w(f"for j in T.vectorized({sh.DV}):")
+                with w.block():
+                    w("o[b, h, qtok[r], j] = acc[r, j] * inv")
+        w.depth -= 1
+    return close_kernel(w)
