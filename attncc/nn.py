@@ -53,7 +53,45 @@ def _mask_terms(sig, num_heads):
     return pats, mods
 
 
-class MultiheadAttention(torch.nn.MultiheadAttention):
+class Compiled:
+    """Mixin for attncc's modules: kernels compiled per key string from ``self._spec(key)``
+    (cached), run through the torch custom op when traced by torch.compile (the key travels as a
+    string, the kernel is compiled at run time, outside the traced graph). A subclass calls
+    ``_init_kernels(backend)`` in its constructor and ``_attend(key, q, k, v, tensors)`` in forward.
+    """
+
+    def _init_kernels(self, backend):
+        self.backend = backend
+        self._kernels = {}
+        self._op_ref = custom_op.register(self, "m")     # names this module to the torch custom op
+
+    def _spec(self, key):
+        raise NotImplementedError
+
+    def _kernel_for_ref(self, key):
+        kern = self._kernels.get(key)
+        if kern is None:
+            kern = self._kernels[key] = ac_compile(self._spec(key), backend=self.backend)
+        return kern
+
+    def _attend(self, key, q, k, v, tensors):
+        if torch.compiler.is_compiling():       # one opaque op in the traced graph
+            return custom_op.call(f"{self._op_ref}/{key}", q, k, v, tensors, False)
+        return self._kernel_for_ref(key)(q, k, v, **tensors)
+
+    def __getstate__(self):        # copies and pickles compile their own kernels
+        state = dict(self.__dict__)
+        state.pop("_kernels", None)
+        state.pop("_op_ref", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._kernels = {}
+        self._op_ref = custom_op.register(self, "m")
+
+
+class MultiheadAttention(Compiled, torch.nn.MultiheadAttention):
     """torch.nn.MultiheadAttention with the attention core compiled by attncc.
 
     Same constructor (plus keyword-only ``spec`` and ``backend``), attributes, forward
@@ -72,9 +110,7 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         if spec is not None and not isinstance(spec, Attention):
             raise TypeError(f"spec must be an ac.Attention, got {type(spec).__name__} ({spec!r})")
         self.spec = spec if spec is not None else Attention()
-        self.backend = backend
-        self._kernels = {}
-        self._op_ref = custom_op.register(self, "m")     # names this module to the torch custom op
+        self._init_kernels(backend)
         # a forward pre-hook keeps nn.TransformerEncoderLayer off its fused fast path, which
         # would bypass this module's forward (torch checks for hooks before taking it)
         self.register_forward_pre_hook(lambda module, args: None)
@@ -96,33 +132,13 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         """The compiled kernel for this module's spec plus the given mask kinds (cached)."""
         return self._kernel_for_ref(_mask_sig(attn_mask, key_padding_mask, causal))
 
-    def _kernel_for_ref(self, sig):
-        kern = self._kernels.get(sig)
-        if kern is None:
-            pats, mods = _mask_terms(sig, self.num_heads)
-            pattern = self.spec.pattern
-            for p in pats:
-                pattern = pattern & p
-            spec = Attention(pattern, self.spec.normalizer, self.spec.score_mods + tuple(mods),
-                             self.spec.post_mods, self.spec.scale)
-            kern = self._kernels[sig] = ac_compile(spec, backend=self.backend)
-        return kern
-
-    def _attend(self, sig, q, k, v, tensors):
-        if torch.compiler.is_compiling():       # one opaque op in the traced graph
-            return custom_op.call(f"{self._op_ref}/{sig}", q, k, v, tensors, False)
-        return self._kernel_for_ref(sig)(q, k, v, **tensors)
-
-    def __getstate__(self):        # copies and pickles compile their own kernels
-        state = dict(self.__dict__)
-        state.pop("_kernels", None)
-        state.pop("_op_ref", None)
-        return state
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self._kernels = {}
-        self._op_ref = custom_op.register(self, "m")
+    def _spec(self, sig):
+        pats, mods = _mask_terms(sig, self.num_heads)
+        pattern = self.spec.pattern
+        for p in pats:
+            pattern = pattern & p
+        return Attention(pattern, self.spec.normalizer, self.spec.score_mods + tuple(mods),
+                         self.spec.post_mods, self.spec.scale)
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
