@@ -69,3 +69,104 @@ def test_window_errors_name_the_fix():
         ours(torch.randn(2, 10, 32))
     with pytest.raises(ValueError, match=r"window \(3, 4\) is larger than the map \(2, 8\)"):
         ours(torch.randn(1, 2, 8, 32))
+
+
+# the projections every QKVAttention module shares, written out for the procedures below
+
+def project(mod, x):
+    """x [B, N, C] -> q, k, v [B, heads, N, d] through the module's own qkv Linear."""
+    B, N, C = x.shape
+    return (x @ mod.qkv.weight.T + mod.qkv.bias).reshape(B, N, 3, mod.num_heads, -1).permute(2, 0, 3, 1, 4)
+
+
+def unproject(mod, o):
+    B, H, N, d = o.shape
+    return o.transpose(1, 2).reshape(B, N, H * d) @ mod.proj.weight.T + mod.proj.bias
+
+
+def check_module(mod, procedure, x):
+    """Output and input gradient of `mod` (tvm kernels) equal the procedure's."""
+    x = x.requires_grad_(True)
+    want, got = procedure(mod, x), mod(x)
+    close(got, want)
+    close(torch.autograd.grad(got.square().sum(), x)[0], torch.autograd.grad(want.square().sum(), x)[0], 1e-4)
+
+
+# neighborhood: NATTEN's na2d, by gathering each query's clamped (dilated) neighbourhood
+
+def natten_neighbours(n, k, dil):
+    """[n, k]: the coordinates along one axis that NATTEN's neighbourhood of each coordinate
+    holds: the k-box around it in its dilation sub-grid, slid to stay inside that sub-grid."""
+    rows = []
+    for i in range(n):
+        g, p = i % dil, i // dil
+        size = len(range(g, n, dil))
+        start = min(max(p - k // 2, 0), size - k)
+        rows.append([g + dil * (start + t) for t in range(k)])
+    return torch.tensor(rows)
+
+
+def natten_procedure(mod, x):
+    B, R, C, E = x.shape
+    (kr, kc), (dr, dc) = mod.kernel_size, mod.dilation
+    q, k, v = project(mod, x.reshape(B, R * C, E))
+    nr, nc = natten_neighbours(R, kr, dr), natten_neighbours(C, kc, dc)
+    idx = (nr[:, None, :, None] * C + nc[None, :, None, :]).reshape(R * C, kr * kc)     # [N, kr*kc]
+    kn, vn = k[:, :, idx], v[:, :, idx]                                                   # [B, H, N, K, d]
+    w = torch.softmax(torch.einsum("bhnd,bhnkd->bhnk", q, kn) * mod.head_dim ** -0.5, dim=-1)
+    return unproject(mod, torch.einsum("bhnk,bhnkd->bhnd", w, vn)).reshape(B, R, C, E)
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), ((3, 5), (2, 1))], ids=["k3", "k3x5_dil2x1"])
+def test_neighborhood_attention_equals_natten_procedure(kernel, dilation):
+    from attncc.ops.neighborhood import NeighborhoodAttention2D
+    mod = NeighborhoodAttention2D(32, 4, kernel, dilation)
+    check_module(mod, natten_procedure, torch.randn(2, 7, 9, 32))
+
+
+# axial: attention along one axis by moving it next to the channels and folding the rest into the batch
+
+def axial_procedure(mod, x):
+    B, *grid, E = x.shape
+    axis = mod.axis % len(grid)
+    q, k, v = (t.reshape(B, mod.num_heads, *grid, -1) for t in project(mod, x.reshape(B, -1, E)))
+    moved = [t.movedim(2 + axis, -2) for t in (q, k, v)]
+    shape = moved[0].shape
+    o = torch.nn.functional.scaled_dot_product_attention(*(t.reshape(-1, shape[-2], shape[-1]) for t in moved))
+    o = o.reshape(shape).movedim(-2, 2 + axis).reshape(B, mod.num_heads, -1, shape[-1])
+    return unproject(mod, o).reshape(x.shape)
+
+
+@pytest.mark.parametrize("grid,axis", [((6, 5), 1), ((6, 5), 0), ((3, 4, 5), 0), ((3, 4, 5), -1)],
+                         ids=["rows", "columns", "video_time", "video_width"])
+def test_axial_attention_equals_reshape_procedure(grid, axis):
+    from attncc.ops.axial import AxialAttention
+    check_module(AxialAttention(32, 4, axis), axial_procedure, torch.randn(2, *grid, 32))
+
+
+# sigmoid: sigmoid(q.k * scale + b) v, b = -log(N), no normalization over keys
+
+def sigmoid_procedure(mod, x):
+    B, N, E = x.shape
+    q, k, v = project(mod, x)
+    b = -torch.log(torch.tensor(float(N))) if mod.bias is None else mod.bias
+    w = torch.sigmoid(q @ k.transpose(-1, -2) * mod.head_dim ** -0.5 + b)
+    if mod.causal:
+        w = w * torch.ones(N, N).tril()
+    return unproject(mod, w @ v)
+
+
+@pytest.mark.parametrize("bias,causal", [(None, False), (-2.5, False), (None, True)],
+                         ids=["default_bias", "given_bias", "causal"])
+def test_sigmoid_attention_equals_formula(bias, causal):
+    from attncc.ops.sigmoid import SigmoidAttention
+    check_module(SigmoidAttention(32, 4, bias=bias, causal=causal), sigmoid_procedure, torch.randn(2, 11, 32))
+
+
+def test_module_errors_name_the_fix():
+    from attncc.ops.axial import AxialAttention
+    from attncc.ops.sigmoid import SigmoidAttention
+    with pytest.raises(ValueError, match="dim=30 must be divisible by num_heads=4"):
+        SigmoidAttention(30, 4)
+    with pytest.raises(ValueError, match=r"axis=2 but x of shape \(1, 3, 4, 32\) has 2 grid axes"):
+        AxialAttention(32, 4, axis=2)(torch.randn(1, 3, 4, 32))
