@@ -1,9 +1,11 @@
 """Ready-made attention families built on the DSL, one module per family of PATTERNS.md,
-each with its spec constructors (drop-in nn.Modules arrive with the modules issue).
+each with its spec constructors and its drop-in nn.Modules: window.WindowAttention (timm's
+Swin), neighborhood.NeighborhoodAttention2D (NATTEN), axial.AxialAttention,
+sigmoid.SigmoidAttention, hilo.HiLo (LITv2; derived from window2d and full attention).
 
 ``CATALOGUE`` lists one Entry per pattern; ``attncc demo`` and ``attncc check`` walk it.
 """
-from . import axial, flash, linear, neighborhood, routing, sigmoid, stripes, window
+from . import axial, flash, hilo, linear, neighborhood, routing, sigmoid, stripes, window  # noqa: F401
 from ._catalogue import Entry  # noqa: F401  (the entry type, for users of CATALOGUE)
 
 FAMILIES = (flash, window, neighborhood, axial, stripes, routing, sigmoid, linear)

@@ -170,3 +170,41 @@ def test_module_errors_name_the_fix():
         SigmoidAttention(30, 4)
     with pytest.raises(ValueError, match=r"axis=2 but x of shape \(1, 3, 4, 32\) has 2 grid axes"):
         AxialAttention(32, 4, axis=2)(torch.randn(1, 3, 4, 32))
+
+
+# HiLo (LITv2): Hi-Fi heads in ws x ws windows (partitioned explicitly here), Lo-Fi heads on
+# keys and values from the average-pooled map; outputs concatenated Hi-Fi first
+
+def hilo_procedure(mod, x, H, W):
+    B, N, C = x.shape
+    ws, outs = mod.ws, []
+    if mod.h_heads:
+        g = x.reshape(B, H // ws, ws, W // ws, ws, C).transpose(2, 3).reshape(B, -1, ws * ws, C)   # windows
+        qkv = (g @ mod.h_qkv.weight.T + (mod.h_qkv.bias if mod.h_qkv.bias is not None else 0))
+        q, k, v = qkv.reshape(B, -1, ws * ws, 3, mod.h_heads, mod.h_dim // mod.h_heads).permute(3, 0, 1, 4, 2, 5)
+        o = torch.softmax(q @ k.transpose(-1, -2) * mod.scale, dim=-1) @ v             # [B, nW, heads, ws*ws, d]
+        o = o.transpose(2, 3).reshape(B, H // ws, W // ws, ws, ws, mod.h_dim).transpose(2, 3).reshape(B, N, -1)
+        outs.append(o @ mod.h_proj.weight.T + mod.h_proj.bias)
+    if mod.l_heads:
+        d = mod.l_dim // mod.l_heads
+        m = x.transpose(1, 2).reshape(B, C, H, W)
+        if ws > 1:
+            m = m.reshape(B, C, H // ws, ws, W // ws, ws).mean(dim=(3, 5))
+        p = m.reshape(B, C, -1).transpose(1, 2)
+        q = (x @ mod.l_q.weight.T).reshape(B, N, mod.l_heads, d).transpose(1, 2)
+        k, v = (p @ mod.l_kv.weight.T).reshape(B, -1, 2, mod.l_heads, d).permute(2, 0, 3, 1, 4)
+        o = torch.softmax(q @ k.transpose(-1, -2) * mod.scale, dim=-1) @ v
+        outs.append(o.transpose(1, 2).reshape(B, N, -1) @ mod.l_proj.weight.T + mod.l_proj.bias)
+    return torch.cat(outs, dim=-1)
+
+
+@pytest.mark.parametrize("ws,alpha", [(2, 0.5), (3, 0.25), (1, 0.5)], ids=["ws2_half", "ws3_quarter", "ws1_all_lo"])
+def test_hilo_equals_litv2_procedure(ws, alpha):
+    from attncc.ops.hilo import HiLo
+    H, W = 6, 6
+    mod = HiLo(32, 4, window_size=ws, alpha=alpha)
+    assert {n.split(".")[0] for n in mod.state_dict()} <= {"h_qkv", "h_proj", "l_q", "l_kv", "l_proj"}
+    x = torch.randn(2, H * W, 32, requires_grad=True)
+    want, got = hilo_procedure(mod, x, H, W), mod(x, H, W)
+    close(got, want)
+    close(torch.autograd.grad(got.square().sum(), x)[0], torch.autograd.grad(want.square().sum(), x)[0], 1e-4)
