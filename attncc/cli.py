@@ -1,5 +1,6 @@
 """The attncc command line: ``attncc demo``, ``attncc catalogue``, ``attncc explain NAME``,
-``attncc check-gpu --arch sm_80 sm_90`` (also ``python -m attncc ...``)."""
+``attncc check-gpu --arch sm_80 sm_90``, ``attncc tune NAME``, ``attncc db list | show | export
+| clear`` (also ``python -m attncc ...``)."""
 import argparse
 import os
 import sys
@@ -174,6 +175,8 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", help="catalogue entries to compile (default: all the backend serves)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles in parallel")
     p.set_defaults(fn=cmd_check_gpu)
+    from .tune.cli import add_parsers as add_tune_parsers
+    add_tune_parsers(sub)
     args = ap.parse_args(argv)
     return args.fn(args)
 

@@ -18,6 +18,7 @@ from .autograd import differentiable
 from .inputs import check_call
 
 BACKENDS = ("auto", "tvm", "triton", "reference")
+TUNE = (False, None, True, "fast", "full")
 
 
 def available():
@@ -67,12 +68,19 @@ class Kernel:
         if not isinstance(spec, Attention):
             raise TypeError(f"compile takes an ac.Attention spec, got {type(spec).__name__} ({spec!r}); "
                             "wrap a pattern as ac.Attention(pattern=...)")
-        if tune not in (False, None):
-            raise NotImplementedError(f"tune={tune!r}: the autotuner is not part of this version of attncc; "
-                                      "use tune=False (default plans)")
+        if not any(tune is t for t in TUNE):
+            raise ValueError(f"tune must be False, True, 'fast' or 'full', got {tune!r}")
         self.spec = spec
         self.requested = backend
         self.backend = _resolve(backend)
+        # tune: look the plan up in the schedule database (exact shape, then shape bucket), else
+        # run the autotuner at the first call of a shape (attncc/tune); "full" searches everything
+        self.tune = {True: "fast"}.get(tune, tune) or None
+        if self.tune and self.backend != "tvm":
+            raise ValueError(f"tune={tune!r} tunes the TVM CPU backend's plans; backend={backend!r} has nothing to tune "
+                             "here (the reference is not tiled; Triton tuning needs a GPU run and is not implemented "
+                             "yet); use backend='tvm' or 'auto', or tune=False")
+        self._tuned = {}
         self._lowered = {}
         self._compiled = {}
         self._last = None
@@ -84,15 +92,51 @@ class Kernel:
 
     def lower(self, dims, dtype="float32", target=None):
         """The Lowered pipeline result for these dims (cached). `target` defaults to the
-        backend's (the triton backend plans for sm_80 unless a call's device says sm_90)."""
+        backend's (the triton backend plans for sm_80 unless a call's device says sm_90).
+        With tune=..., the plans come from the schedule database when it has them."""
         target = target or self._target
         key = (dims, dtype, target)
         got = self._lowered.get(key)
         if got is None:
-            got = lower(self.spec, dims, dtype, target=target)
+            plans = self.tuned_plans(dims, dtype) if self.tune and target == "tvm" else None
+            try:
+                got = lower(self.spec, dims, dtype, target=target, plans=plans)
+            except ValueError:
+                if plans is None or self._tuned.get((dims, dtype)) is not None:
+                    raise
+                # a record of a nearby shape whose tiles do not fit this shape's atoms: defaults
+                got = lower(self.spec, dims, dtype, target=target)
             self._lowered[key] = got
         self._last = (dims, dtype)
         return got
+
+    def tuned_plans(self, dims, dtype, tensors=None):
+        """The plans tuning chose for these shapes: this kernel's own tuning run, else the
+        database (exact shape, then bucket), else None (defaults). With `tensors` (the call's
+        captured tensors) a miss runs the autotuner and records its winner."""
+        key = (dims, dtype)
+        if key in self._tuned:
+            return self._tuned[key]
+        from ..tune import db as tdb
+        from ..tune.device import fingerprint
+        hit = tdb.lookup(tdb.workload_hash(self.spec, dims, "tvm"), "tvm", fingerprint("tvm"), dtype,
+                         (dims.B, dims.H, dims.N, dims.M, dims.d, dims.dv))
+        if hit is not None and len(hit.plans) == len(self.spec_groups(dims)):
+            return hit.plans
+        if tensors is None:
+            return None
+        from ..tune import tune
+        from ..tune.space import Untunable
+        try:
+            self._tuned[key] = tune(self.spec, dims, dtype, tensors, mode=self.tune).plans
+        except Untunable as e:
+            warnings.warn(f"attncc: {e}; running the default plans", stacklevel=4)
+            self._tuned[key] = None
+        return self._tuned[key]
+
+    def spec_groups(self, dims):
+        from ..passes.canonicalize import canonicalize
+        return canonicalize(self.spec, dims).groups
 
     @property
     def _target(self):
@@ -158,6 +202,8 @@ class Kernel:
         if key not in self._compiled:
             from ..codegen.tvm.backend import TVMProgram, Unsupported
             try:
+                if self.tune:
+                    self.tuned_plans(dims, dtype, tensors)      # tunes on a database miss
                 self._compiled[key] = TVMProgram(self.lower(dims, dtype).program, tensors)
             except Unsupported as e:
                 if self.requested != "auto":

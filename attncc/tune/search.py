@@ -1,0 +1,295 @@
+"""The autotuner: compile the candidates of the search space, check each against the fp64
+oracle, time the ones that pass on this machine, record the winner in the database.
+
+    result = tune(spec, dims, "float32", mode="fast", budget_s=60)
+
+Timing: one warm-up call, then the median of repeated calls (at least `min_time` seconds of
+them); the default and the best few are timed again in interleaved rounds at the end and the
+winner is the lowest median. A candidate whose output misses the oracle's bound never wins.
+Ctrl-C stops the search and keeps (and records) the best plan found so far.
+"""
+import math
+import multiprocessing
+import os
+import pickle
+import signal
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from ..passes.pipeline import lower
+from .db import lookup, make_record, user_database, workload_hash
+from .device import fingerprint
+from .space import MODES, search_space
+from .verify import Oracle
+
+# per mode: trials and seconds when the caller gives no budget
+BUDGETS = {"fast": dict(trials=12, seconds=120.0), "full": dict(trials=None, seconds=900.0)}
+FINALISTS = 3
+
+
+@dataclass
+class Trial:
+    plans: tuple
+    seconds: float = math.nan        # median time per call
+    error: float = math.nan          # max abs error against the fp64 oracle
+    ok: bool = False                 # within the oracle's bound
+    compile_s: float = 0.0
+    failure: str = ""
+
+
+@dataclass
+class TuneResult:
+    """What a tuning run found. `plans` is the winner (the default plans when nothing beat
+    them); `trials` every candidate tried, in order; `record` what was stored."""
+    plans: tuple
+    seconds: float
+    default_seconds: float
+    trials: list = field(default_factory=list)
+    pruned: int = 0
+    space: int = 0
+    interrupted: bool = False
+    record: dict | None = None
+    from_db: bool = False
+
+    @property
+    def speedup(self):
+        return self.default_seconds / self.seconds
+
+    @property
+    def rejected(self):
+        return [t for t in self.trials if not t.ok]
+
+
+def plan_label(plans):
+    return " | ".join(f"{p.block_m}x{p.block_n} u{p.unroll} v{p.vector}" for p in plans)
+
+
+def time_call(fn, min_time=0.05, max_reps=25):
+    """Median seconds of fn() after one warm-up call."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = time.perf_counter() - t0
+    reps = max(3, min(max_reps, int(min_time / max(one, 1e-6))))
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts + [one])
+
+
+def make_inputs(dims, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(dims.B, dims.H, dims.N, dims.d, generator=gen).to(dtype)
+    k = torch.randn(dims.B, dims.H, dims.M, dims.d, generator=gen).to(dtype)
+    v = torch.randn(dims.B, dims.H, dims.M, dims.dv, generator=gen).to(dtype)
+    return q, k, v
+
+
+def tvm_build(spec, dims, dtype, tensors, plans, target="tvm"):
+    """Compile a candidate with the TVM backend: a callable (q, k, v, tensors) -> out, and the
+    compile seconds."""
+    from ..codegen.tvm.backend import TVMProgram
+    t0 = time.perf_counter()
+    comp = TVMProgram(lower(spec, dims, dtype, target, plans=plans, verify=False).program, tensors)
+    return (lambda q, k, v, t: comp(q, k, v, t)), time.perf_counter() - t0
+
+
+BUILDERS = {"tvm": tvm_build}
+
+
+def _worker_init():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's to handle
+
+
+def _precompile(spec, dims, dtype, tensors, plans, target):
+    """In a worker process: compile a candidate into the shared disk cache."""
+    try:
+        return BUILDERS[target](spec, dims, dtype, tensors, plans, target)[1], ""
+    except Exception as e:                       # reported as the candidate's failure
+        return 0.0, f"{type(e).__name__}: {e}"
+
+
+class Progress:
+    """One status line on stderr: candidates done, the best time so far and its plan."""
+
+    def __init__(self, total, stream=None, enabled=True):
+        self.total, self.stream, self.enabled = total, stream or sys.stderr, enabled
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.t0 = time.perf_counter()
+
+    def update(self, done, best, note=""):
+        if not self.enabled:
+            return
+        width = 20
+        fill = int(width * done / max(1, self.total))
+        best_s = f"best {best.seconds * 1e3:.3f} ms ({plan_label(best.plans)})" if best else "best -"
+        line = (f"tuning [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} {best_s} "
+                f"{time.perf_counter() - self.t0:.0f}s {note}")
+        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+        self.stream.flush()
+
+    def close(self):
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _check_budget(budget_s, trials):
+    if budget_s is not None and not (isinstance(budget_s, (int, float)) and budget_s > 0):
+        raise ValueError(f"budget_s must be a positive number of seconds, got {budget_s!r}")
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
+        raise ValueError(f"trials must be a positive int (candidates to measure, the default plan included), "
+                         f"got {trials!r}")
+
+
+def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=None, trials=None, target="tvm",
+         jobs=1, db=None, save=True, progress=None, build=None, min_time=0.05, rounds=3, retune=False):
+    """Tune `spec` at `dims` and `dtype` for `target`; returns a TuneResult and stores the
+    winner in `db` (the user database by default) unless save=False.
+
+    mode: "fast" (the default's neighbours) or "full" (the whole space); budget_s / trials
+    stop the search early (the default plan always counts as the first trial). jobs > 1
+    compiles candidates in that many worker processes. build(plans) -> (fn, seconds) replaces
+    the backend's compile (for other runners, and for tests). An already-tuned workload
+    returns its record without compiling anything unless retune=True.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    _check_budget(budget_s, trials)
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    budget = BUDGETS[mode]
+    budget_s = budget["seconds"] if budget_s is None else budget_s
+    trials = budget["trials"] if trials is None else trials
+    tensors = dict(tensors or {})
+    db = user_database() if db is None else db
+    workload, device = workload_hash(spec, dims, target), fingerprint(target)
+    shape = (dims.B, dims.H, dims.N, dims.M, dims.d, dims.dv)
+    if not retune:
+        hit = lookup(workload, target, device, dtype, shape, dbs=[db])
+        if hit is not None and hit.match == "exact":
+            rec = hit.record
+            return TuneResult(hit.plans, rec["time_s"], rec.get("default_time_s", rec["time_s"]), record=rec,
+                              from_db=True)
+    t_start = time.perf_counter()
+    low = lower(spec, dims, dtype, target)
+    space = search_space(low.program, mode)
+    cands = list(space.candidates[:trials] if trials else space.candidates)
+    torch_dtype = getattr(torch, dtype)
+    q, k, v = make_inputs(dims, torch_dtype)
+    oracle = Oracle(low.stages[0][1], q, k, v, tensors)
+    if build is None:
+        builder = BUILDERS.get(target)
+        if builder is None:
+            raise NotImplementedError(f"no tuning runner for target {target!r}; tunable: {', '.join(BUILDERS)}")
+        build = lambda plans: builder(spec, dims, dtype, tensors, plans, target)
+        pool_ok = jobs > 1 and _picklable(spec, tensors)
+    else:
+        pool_ok = False
+    bar = Progress(len(cands), enabled=(sys.stderr.isatty() if progress is None else bool(progress)),
+                   stream=progress if hasattr(progress, "write") else None)
+    done, fns, interrupted = [], {}, False
+    best = None
+    pool = (ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+            if pool_ok else None)   # spawn: forking a process that runs TVM and torch threads is unsafe
+    try:
+        step = 2 * jobs if pool else 1
+        for start in range(0, len(cands), step):
+            batch = cands[start:start + step]
+            pre = {}
+            if pool:        # compile the batch in the workers, then time it with them idle
+                futs = {c: pool.submit(_precompile, spec, dims, dtype, tensors, c, target) for c in batch
+                        if c != cands[0]}     # the default builds here: its errors are the user's
+                pre = {c: f.result() for c, f in futs.items()}
+            for cand in batch:
+                t = Trial(cand)
+                try:
+                    if pre.get(cand, (0, ""))[1]:
+                        raise RuntimeError(pre[cand][1])
+                    fn, t.compile_s = build(cand)
+                    t.compile_s += pre.get(cand, (0.0, ""))[0]
+                    out = fn(q, k, v, tensors)
+                    t.ok, t.error = oracle.check(out)
+                    if t.ok:
+                        t.seconds = time_call(lambda: fn(q, k, v, tensors), min_time)
+                        fns[cand] = fn
+                    else:
+                        t.failure = f"wrong output: max error {t.error:.3e} > bound {oracle.limit:.3e}"
+                except (KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as e:          # a candidate that fails to build or run is a failed trial
+                    if cand == cands[0]:
+                        raise                   # the default plan must work: not a tuning problem
+                    t.failure = f"{type(e).__name__}: {e}"[:500]
+                done.append(t)
+                if t.ok and (best is None or t.seconds < best.seconds):
+                    best = t
+                bar.update(len(done), best, "" if t.ok else f"rejected {plan_label(cand)}: {t.failure[:80]}")
+                if time.perf_counter() - t_start > budget_s:
+                    raise _Budget
+    except _Budget:
+        pass
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if pool:
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
+        bar.close()
+    if best is None:
+        raise RuntimeError("tuning found no candidate that compiles and matches the reference "
+                           + ("(interrupted before the first finished)" if interrupted else
+                              "; failures: " + "; ".join(t.failure for t in done[:3])))
+    default = cands[0]
+    final = {default: [], best.plans: []}
+    if not interrupted:
+        for t in sorted((t for t in done if t.ok), key=lambda t: t.seconds)[:FINALISTS]:
+            final.setdefault(t.plans, [])
+        try:        # interleaved rounds over the default and the finalists
+            for _ in range(rounds if len(final) > 1 else 0):
+                for cand in final:
+                    if cand in fns:
+                        final[cand].append(time_call(lambda: fns[cand](q, k, v, tensors), min_time))
+        except KeyboardInterrupt:
+            interrupted = True
+    medians = {c: statistics.median(ts) for c, ts in final.items() if ts}
+    first = {t.plans: t.seconds for t in done if t.ok}
+    if medians and all(c in medians for c in final if c in fns):
+        win = min(medians, key=medians.get)
+        win_s, default_s = medians[win], medians.get(default, first.get(default, math.nan))
+    else:
+        win, win_s = best.plans, best.seconds
+        default_s = first.get(default, math.nan)
+    res = TuneResult(win, win_s, default_s, done, len(space.pruned), len(space), interrupted)
+    if save:
+        res.record = make_record(workload=workload, target=target, device=device, dtype=dtype, dims=dims,
+                                 plans=win, time_s=win_s, default_time_s=None if math.isnan(default_s) else default_s,
+                                 spec=repr(spec)[:300], mode=mode, trials=len(done),
+                                 rejected=len([t for t in done if not t.ok]), interrupted=interrupted)
+        db.add(res.record)
+    return res
+
+
+class _Budget(Exception):
+    pass
+
+
+def _picklable(*objs):
+    try:
+        pickle.dumps(objs)
+        return True
+    except Exception:
+        return False
+
+
+def default_jobs():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
