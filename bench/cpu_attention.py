@@ -106,6 +106,35 @@ def swin_score_mod(table, grid, win, shift):
     return score_mod
 
 
+def elu1(x):
+    return F.elu(x) + 1
+
+
+def linear_eager(q, k, v, eps=1e-6):
+    """Non-causal linear attention, eager: the state phi(K)^T V and sum phi(K), then applied."""
+    pq, pk = elu1(q), elu1(k)
+    num = torch.einsum("bhnd,bhde->bhne", pq, torch.einsum("bhnd,bhne->bhde", pk, v))
+    den = torch.einsum("bhnd,bhd->bhn", pq, pk.sum(2))
+    return num / (den[..., None] + eps)
+
+
+def linear_chunked_eager(q, k, v, chunk=64, eps=1e-6):
+    """Causal linear attention, the eager chunked form: per chunk of 64 the masked quadratic
+    form, plus the state of the chunks before it (an exclusive prefix sum of chunk states)."""
+    B, H, N, d = q.shape
+    n, dv = N // chunk, v.shape[-1]
+    pq, pk = elu1(q).view(B, H, n, chunk, d), elu1(k).view(B, H, n, chunk, d)
+    vc = v.view(B, H, n, chunk, dv)
+    kv = pk.transpose(-1, -2) @ vc                                        # [B, H, n, d, dv]
+    kv = torch.cat((torch.zeros_like(kv[:, :, :1]), kv[:, :, :-1].cumsum(2)), dim=2)
+    z = pk.sum(3)
+    z = torch.cat((torch.zeros_like(z[:, :, :1]), z[:, :, :-1].cumsum(2)), dim=2)
+    a = (pq @ pk.transpose(-1, -2)).tril()
+    num = a @ vc + pq @ kv
+    den = a.sum(-1) + (pq * z[:, :, :, None, :]).sum(-1)
+    return (num / (den[..., None] + eps)).view(B, H, N, dv)
+
+
 def natten_mask_mod(grid, kernel):
     R, C = grid
 
@@ -181,6 +210,18 @@ def rows():
     out["sigmoid_4096"] = ("sigmoid (b = -log n) B1 H8 N4096 d64", 4 * 8 * 4096 * 4096 * 64,
                            {"attncc": lambda: ksig(q2, k2, v2), "eager torch": lambda: sigmoid_eager(q2, k2, v2),
                             "attncc softmax": lambda: kern(q2, k2, v2)})
+    kl = ac.compile(ac.Attention(normalizer=ac.linear("elu1")), backend="tvm")
+    klc = ac.compile(ac.Attention(ac.causal(), normalizer=ac.linear("elu1")), backend="tvm")
+    state_flops = 4 * 8 * 4096 * 64 * 64
+    out["linear"] = ("linear (elu+1) B1 H8 N4096 d64", state_flops,
+                     {"attncc": lambda: kl(q2, k2, v2), "eager einsum": lambda: linear_eager(q2, k2, v2)})
+    calls = {"attncc": lambda: klc(q2, k2, v2), "eager chunked": lambda: linear_chunked_eager(q2, k2, v2)}
+    fla = peers.import_fla_naive()
+    if fla is not None:
+        fq, fk, fv = (x.transpose(1, 2).contiguous() for x in (q2, k2, v2))   # fla's [B, T, H, d]
+        calls["fla naive_chunk"] = lambda: fla(elu1(fq), elu1(fk), fv, scale=1.0, normalize=True)
+    out["linear_causal"] = ("causal linear (elu+1, chunk 64) B1 H8 N4096 d64", state_flops + 2 * 8 * 4096 * 64 * 128,
+                            calls, {"fla naive_chunk": lambda o: o.transpose(1, 2)})
     qn, kn, vn = (torch.randn(8, 3, 3136, 32) for _ in range(3))
     kna = ac.compile(ac.Attention(ac.neighborhood2d((56, 56), (7, 7))), backend="tvm")
     fna = flex(natten_mask_mod((56, 56), 7), 3136)

@@ -97,3 +97,16 @@ def to_natten(x, grid):
 def from_natten(x):
     B, R, C, H, d = x.shape
     return x.reshape(B, R * C, H, d).permute(0, 2, 1, 3)
+
+
+def import_fla_naive():
+    """flash-linear-attention's naive chunked causal linear attention (its CPU reference;
+    takes features already mapped, [B, T, H, d]), or None when fla-core is missing."""
+    if importlib.util.find_spec("fla") is None:
+        print("(fla-core is not installed: pip install -e '.[bench]')")
+        return None
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")              # "Triton is not supported on current platform"
+        from fla.ops.linear_attn.naive import naive_chunk_linear_attn
+    return naive_chunk_linear_attn

@@ -5,6 +5,7 @@ small is one tile); the key tile is halved, then the query tile, until the worki
 the target's fast memory (FAST_MEMORY). The autotuner (later) only ever replaces plans.
 """
 from ..ir.plan import FAST_MEMORY, TilePlan, fits
+from ..ir.program import PARTIAL
 from .classify_blocks import atom
 
 DEFAULT_TILE = 64
@@ -24,6 +25,8 @@ DEFAULTS = {"tvm": dict(block_m=64, block_n=64, whole_keys=256, whole_queries=25
 # (8 for head dims over 64); the shared-memory model (ir/plan.py) prunes what does not fit
 DEFAULTS["sm_80"] = dict(block_m=128, block_n=64, num_warps=4, wide_warps=8, num_stages=3)
 DEFAULTS["sm_90"] = dict(block_m=128, block_n=64, num_warps=4, wide_warps=8, num_stages=3)
+# linear attention's key chunk when no chunk needs the quadratic form
+LINEAR_WHOLE_KEYS = 256
 # bytes per element of the tiles a GPU kernel stages, by input dtype (CPU kernels work in fp32)
 ELEM_BYTES = {"float16": 2, "bfloat16": 2}
 
@@ -42,9 +45,12 @@ def default_plan(grp, dims, target, elem_bytes=4, linear=False):
     if gat.Lq <= want.get("whole_queries", 0):         # a short query extent is one tile (less padding)
         bm = -(-gat.Lq // atom(gat.Lq)) * atom(gat.Lq)
     if linear:
-        # linear attention: query and key tiles are the chunks (states per key chunk, the
-        # quadratic form only on the chunks the mask cuts)
+        # linear attention: query and key tiles are the chunks (a state per key chunk, the
+        # quadratic form only on the chunks the mask cuts); with nothing to cut (full
+        # attention, windows), key chunks of 256 keep the prefix of chunk states short
         bm = bn = TilePlan().chunk
+        if not (grp.blocks.classes == PARTIAL).any():
+            bn = LINEAR_WHOLE_KEYS
     plan = TilePlan(block_m=_tile(gat.Lq, bm), block_n=_tile(gat.Lk, bn))
     if "vector" in want:
         # narrow key tiles (a 7x7 window) pad less with 8 lanes; rows unroll by 6 when that pads

@@ -40,8 +40,9 @@ def _phi_elem(name, x, fs="fs[0]"):
     raise ValueError(f"unknown feature map {name!r}")
 
 
-def _phi_row(w, sh, fmap, src, dst, scale="T.float32(1)"):
-    """dst(j) = phi(src(j)) * scale for j < D; focused first takes the row's norms:
+def _phi_row(w, sh, fmap, src, dst, scale="T.float32(1)", via=None):
+    """dst(j) = phi(src(j)) * scale for j < D, vectorized over j (through the local row
+    `via` when dst is strided); focused first takes the row's norms:
     phi = ||relu(x)|| relu(x)^3 / ||relu(x)^3|| (0 when relu(x) is all zero)."""
     if fmap == "focused":
         w("fs[0] = T.float32(0)")
@@ -53,9 +54,46 @@ def _phi_row(w, sh, fmap, src, dst, scale="T.float32(1)"):
             w(f"fs[1] = fs[1] + {r} * {r} * {r} * {r} * {r} * {r}")
         w("fs[0] = T.Select(fs[1] > T.float32(0), T.sqrt(fs[0]) / T.sqrt(T.max(fs[1], T.float32(1e-38))), "
           "T.float32(0))")
+    if via is None:
+        w(f"for j in T.vectorized({sh.D}):")
+        with w.block():
+            w(f"{dst('j')} = {_phi_elem(fmap, src('j'))} * {scale}")
+        return
+    # a strided destination: the row is mapped vectorized into `via`, then copied
+    w(f"for j in T.vectorized({sh.D}):")
+    with w.block():
+        w(f"{via}[j] = {_phi_elem(fmap, src('j'))} * {scale}")
     w(f"for j in range({sh.D}):")
     with w.block():
-        w(f"{dst('j')} = {_phi_elem(fmap, src('j'))} * {scale}")
+        w(f"{dst('j')} = {via}[j]")
+
+
+def _apply_state(w, sh, state, zstate):
+    """acc += phi(Q) S (register tile MR x PW) and den += phi(Q) . z, for a state S [d, dv]
+    and z [d] given as index templates."""
+    MR, PW = sh.MR, 16 if sh.DVP % 16 == 0 else 8
+    w(f"for jg in range({sh.DVP // PW}):")
+    with w.block():
+        w(f"for rg in range({sh.BMP // MR}):")
+        with w.block():
+            w(f"for dd in range({sh.D}):")
+            with w.block():
+                _tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci]"
+                                      f" + qs[rg * {MR} + ri, dd] * {state.format(dd='dd', j=f'jg * {PW} + ci')}")
+    w(f"for r in range({sh.BMP}):")
+    with w.block():
+        w("for i in T.vectorized(4):")
+        with w.block():
+            w("dl[i] = T.float64(0)")
+        w(f"for d4 in range({sh.D // 4}):")
+        with w.block():
+            w("for i in T.vectorized(4):")
+            with w.block():
+                w(f"dl[i] = dl[i] + T.Cast(\"float64\", qs[r, d4 * 4 + i]) * {zstate.format(dd='d4 * 4 + i')}")
+        w(f"for dd in range({sh.D // 4 * 4}, {sh.D}):")
+        with w.block():
+            w(f"dl[0] = dl[0] + T.Cast(\"float64\", qs[r, dd]) * {zstate.format(dd='dd')}")
+        w("den[r] = den[r] + ((dl[0] + dl[1]) + (dl[2] + dl[3]))")
 
 
 def generate_linear(prog, grp, shape, tables):
@@ -70,7 +108,9 @@ def generate_linear(prog, grp, shape, tables):
     key_tables(w, sh, P, gat)
     st = f"({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}, {sh.DVP})"
     pst = f"({sh.B}, {sh.HG}, {sh.G}, {sh.NK + 1}, {sh.D}, {sh.DVP})"
-    w(f"kpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}, {sh.BNP}), \"float32\")")
+    partial = bool((grp.blocks.classes == PARTIAL).any())
+    if partial:
+        w(f"kpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}, {sh.BNP}), \"float32\")")
     w(f"st = T.alloc_buffer({st}, \"float32\")")
     w(f"zt = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}), \"float64\")")
     w(f"pst = T.alloc_buffer({pst}, \"float32\")")
@@ -81,28 +121,49 @@ def generate_linear(prog, grp, shape, tables):
     key_tile_tasks(w, sh)
     with w.block():
         w("fs = T.alloc_buffer((2,), \"float32\", scope=\"local\")")
+        w(f"krow = T.alloc_buffer(({sh.BNP}, {sh.D}), \"float32\", scope=\"local\")")
+        w(f"sacc = T.alloc_buffer(({sh.D}, {sh.DVP}), \"float32\", scope=\"local\")")
+        w(f"zacc = T.alloc_buffer(({sh.D},), \"float64\", scope=\"local\")")
         w(f"for dd in range({sh.D}):")
         with w.block():
-            w("zt[b, hh, g, kb, dd] = T.float64(0)")
+            w("zacc[dd] = T.float64(0)")
             w(f"for j in T.vectorized({sh.DVP}):")
             with w.block():
-                w("st[b, hh, g, kb, dd, j] = T.float32(0)")
+                w("sacc[dd, j] = T.float32(0)")
         w(f"for c in range({sh.BNP}):")
         with w.block():
-            _phi_row(w, sh, fmap, lambda j: f"k[b, h, ktk[g, kb, c], {j}]", lambda j: f"kpk[b, hh, g, kb, {j}, c]",
+            _phi_row(w, sh, fmap, lambda j: f"k[b, h, ktk[g, kb, c], {j}]", lambda j: f"krow[c, {j}]",
                      "kokp[g, kb, c]")
+            w(f"for dd in T.vectorized({sh.D}):")
+            with w.block():
+                w("zacc[dd] = zacc[dd] + T.Cast(\"float64\", krow[c, dd])")
+            if partial:           # the quadratic form on PARTIAL tiles reads phi(K) transposed
+                w(f"for dd in range({sh.D}):")
+                with w.block():
+                    w("kpk[b, hh, g, kb, dd, c] = krow[c, dd]")
             if not v_in_place(sh):
                 w(f"for j in range({sh.DVP}):")
                 with w.block():
                     w(f"vpk[b, hh, g, kb, c, j] = T.Select(j < {sh.DV}, v[b, h, ktk[g, kb, c], T.min(j, {sh.DV - 1})] * "
                       "kokp[g, kb, c], T.float32(0))")
-            w(f"for dd in range({sh.D}):")
+        # the state phi(K)^T V, register tile MR x PW over (d, dv), keys inside
+        MR, PW = (4 if sh.D % 4 == 0 else 1), (16 if sh.DVP % 16 == 0 else 8)
+        vrow = (f"v[b, h, ktk[g, kb, c], jg * {PW} + ci]" if v_in_place(sh) else
+                f"vpk[b, hh, g, kb, c, jg * {PW} + ci]")
+        w(f"for jg in range({sh.DVP // PW}):")
+        with w.block():
+            w(f"for rg in range({sh.D // MR}):")
             with w.block():
-                w("zt[b, hh, g, kb, dd] = zt[b, hh, g, kb, dd] + T.Cast(\"float64\", kpk[b, hh, g, kb, dd, c])")
-                w(f"for j in T.vectorized({sh.DV}):")
+                w(f"for c in range({sh.BNP}):")
                 with w.block():
-                    w("st[b, hh, g, kb, dd, j] = st[b, hh, g, kb, dd, j] + kpk[b, hh, g, kb, dd, c] * "
-                      "v[b, h, ktk[g, kb, c], j]")
+                    cell = f"sacc[rg * {MR} + ri, jg * {PW} + ci]"
+                    _tile_loop(w, MR, PW, f"{cell} = {cell} + krow[c, rg * {MR} + ri] * {vrow}")
+        w(f"for dd in range({sh.D}):")
+        with w.block():
+            w("zt[b, hh, g, kb, dd] = zacc[dd]")
+            w(f"for j in T.vectorized({sh.DVP}):")
+            with w.block():
+                w("st[b, hh, g, kb, dd, j] = sacc[dd, j]")
     # ---- 2. prefix sums of the tile states per (batch, head, group)
     w(f"for task in T.parallel({sh.B * sh.HG * sh.G}):")
     with w.block():
@@ -132,7 +193,8 @@ def generate_linear(prog, grp, shape, tables):
                               ("qok", (sh.BMP,), "int32"), ("s", (sh.BMP, sh.BNP), "float32"),
                               ("acc", (sh.BMP, sh.DVP), "float32"), ("den", (sh.BMP,), "float64"),
                               ("ssum", (sh.D, sh.DVP), "float32"), ("zsum", (sh.D,), "float64"),
-                              ("fs", (2,), "float32"), ("nf", (2,), "int32"), ("lanes2", (8,), "float32")):
+                              ("fs", (2,), "float32"), ("nf", (2,), "int32"), ("lanes2", (8,), "float32"),
+                              ("dl", (4,), "float64")):
             w(f"{name} = T.alloc_buffer({shp}, \"{dt}\", scope=\"local\")")
         w(f"for it in range({chunk}):")
         w.depth += 1
@@ -159,14 +221,9 @@ def generate_linear(prog, grp, shape, tables):
                 w("nf[1] = T.max(nf[1], tlist[g, qi, kk])")
         w("if nf[0] > 0:")
         with w.block():
-            w("if nf[1] + 1 == nf[0]:")
+            w("if nf[1] + 1 == nf[0]:")            # tiles 0..n-1: apply the prefix state in place
             with w.block():
-                w(f"for dd in range({sh.D}):")
-                with w.block():
-                    w("zsum[dd] = pzt[b, hh, g, nf[0], dd]")
-                    w(f"for j in T.vectorized({sh.DVP}):")
-                    with w.block():
-                        w("ssum[dd, j] = pst[b, hh, g, nf[0], dd, j]")
+                _apply_state(w, sh, "pst[b, hh, g, nf[0], {dd}, {j}]", "pzt[b, hh, g, nf[0], {dd}]")
             w("else:")
             with w.block():
                 w(f"for dd in range({sh.D}):")
@@ -185,44 +242,31 @@ def generate_linear(prog, grp, shape, tables):
                             w(f"for j in T.vectorized({sh.DVP}):")
                             with w.block():
                                 w("ssum[dd, j] = ssum[dd, j] + st[b, hh, g, tlist[g, qi, kk], dd, j]")
-            # acc = phi(Q) ssum (register tile MR x PW), den = phi(Q) . zsum
-            MR, PW = sh.MR, 16 if sh.DVP % 16 == 0 else 8
-            w(f"for jg in range({sh.DVP // PW}):")
-            with w.block():
-                w(f"for rg in range({sh.BMP // MR}):")
-                with w.block():
-                    w(f"for dd in range({sh.D}):")
-                    with w.block():
-                        _tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci]"
-                                              f" + qs[rg * {MR} + ri, dd] * ssum[dd, jg * {PW} + ci]")
-            w(f"for r in range({sh.BMP}):")
-            with w.block():
-                w(f"for dd in range({sh.D}):")
-                with w.block():
-                    w("den[r] = den[r] + T.Cast(\"float64\", qs[r, dd]) * zsum[dd]")
+                _apply_state(w, sh, "ssum[{dd}, {j}]", "zsum[{dd}]")
         # the PARTIAL key tiles: the masked quadratic form
-        w("for kk in range(tcnt[g, qi]):")
-        with w.block():
-            w("kb = tlist[g, qi, kk]")
-            w("cls = tcls[g, qi, kk]")
-            w(f"if cls == {PARTIAL}:")
+        if partial:
+            w("for kk in range(tcnt[g, qi]):")
             with w.block():
-                qk(w, sh)
-                mask(w, sh, pair_ok)
-                w(f"for r in range({sh.BMP}):")
+                w("kb = tlist[g, qi, kk]")
+                w("cls = tcls[g, qi, kk]")
+                w(f"if cls == {PARTIAL}:")
                 with w.block():
-                    w("for i in T.vectorized(8):")
-                    with w.block():
-                        w("lanes2[i] = T.float32(0)")
-                    w(f"for cc in range({sh.BNP // 8}):")
+                    qk(w, sh)
+                    mask(w, sh, pair_ok)
+                    w(f"for r in range({sh.BMP}):")
                     with w.block():
                         w("for i in T.vectorized(8):")
                         with w.block():
-                            sc = "s[r, cc * 8 + i]"
-                            w(f"{sc} = T.Select({sc} > T.float32(NEG_HALF), {sc}, T.float32(0))")
-                            w(f"lanes2[i] = lanes2[i] + {sc}")
-                    w("den[r] = den[r] + T.Cast(\"float64\", lanes_sum(lanes2, 8))")
-                pv(w, sh)
+                            w("lanes2[i] = T.float32(0)")
+                        w(f"for cc in range({sh.BNP // 8}):")
+                        with w.block():
+                            w("for i in T.vectorized(8):")
+                            with w.block():
+                                sc = "s[r, cc * 8 + i]"
+                                w(f"{sc} = T.Select({sc} > T.float32(NEG_HALF), {sc}, T.float32(0))")
+                                w(f"lanes2[i] = lanes2[i] + {sc}")
+                        w("den[r] = den[r] + T.Cast(\"float64\", lanes_sum(lanes2, 8))")
+                    pv(w, sh)
         # ---- epilogue: write through the query map
         w(f"for r in range({sh.BM}):")
         with w.block():
