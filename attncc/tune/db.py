@@ -71,9 +71,15 @@ def shape_bucket(shape):
 
 def workload_hash(spec, dims, target):
     """The IR hash of a spec, independent of its shapes: Program.digest of the canonical program
-    with the dims, dtype and target blanked (those are keys of their own)."""
+    with the dims, dtype and target blanked (those are keys of their own). A single head group
+    (every head alike) drops its head list, which only counts H; per-head specs keep theirs; the
+    default scale 1/sqrt(d) is blanked too (d is an exact key)."""
     from ..passes.canonicalize import canonicalize
     prog = canonicalize(spec, dims, "float32", target)
+    if len(prog.groups) == 1:
+        prog = prog.with_group(0, heads=())
+    if getattr(spec, "scale", None) is None:
+        prog = prog.replace(scale=0.0)
     return prog.replace(dims=Dims(0, 0, 0, 0, 0, 0), dtype="", target="").digest()
 
 
