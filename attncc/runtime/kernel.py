@@ -117,11 +117,13 @@ class Kernel:
         key = (dims, dtype)
         if key in self._tuned:
             return self._tuned[key]
+        from ..passes.canonicalize import canonicalize
         from ..tune import db as tdb
         from ..tune.device import fingerprint
-        hit = tdb.lookup(tdb.workload_hash(self.spec, dims, "tvm"), "tvm", fingerprint("tvm"), dtype,
+        canon = canonicalize(self.spec, dims, "float32", "tvm")
+        hit = tdb.lookup(tdb.program_hash(canon, self.spec), "tvm", fingerprint("tvm"), dtype,
                          (dims.B, dims.H, dims.N, dims.M, dims.d, dims.dv))
-        if hit is not None and len(hit.plans) == len(self.spec_groups(dims)):
+        if hit is not None and len(hit.plans) == len(canon.groups):
             return hit.plans
         if tensors is None:
             return None
@@ -133,10 +135,6 @@ class Kernel:
             warnings.warn(f"attncc: {e}; running the default plans", stacklevel=4)
             self._tuned[key] = None
         return self._tuned[key]
-
-    def spec_groups(self, dims):
-        from ..passes.canonicalize import canonicalize
-        return canonicalize(self.spec, dims).groups
 
     @property
     def _target(self):
@@ -173,6 +171,10 @@ class Kernel:
         elif q.device.type != "cuda":
             raise ValueError(f"backend='triton' runs on CUDA tensors (or CPU tensors under Triton's interpreter, "
                              f"for testing) but q is on {q.device}; move the tensors to a CUDA device")
+        if self.tune and not self._tuned.get("triton warned"):
+            warnings.warn(f"attncc: tune={self.tune!r} tunes the TVM CPU kernels; these {q.device} tensors run Triton "
+                          "with its default plans (Triton tuning is not implemented yet)", stacklevel=3)
+            self._tuned["triton warned"] = True
         comp = self.compiled_triton(dims, dtype, tensors, triton_target(q.device))
         if comp is None:
             return eager.run(self.lower(dims, dtype).program, q, k, v, tensors, return_lse=return_lse)

@@ -75,7 +75,11 @@ def workload_hash(spec, dims, target):
     (every head alike) drops its head list, which only counts H; per-head specs keep theirs; the
     default scale 1/sqrt(d) is blanked too (d is an exact key)."""
     from ..passes.canonicalize import canonicalize
-    prog = canonicalize(spec, dims, "float32", target)
+    return program_hash(canonicalize(spec, dims, "float32", target), spec)
+
+
+def program_hash(prog, spec):
+    """workload_hash of an already canonical Program."""
     if len(prog.groups) == 1:
         prog = prog.with_group(0, heads=())
     if getattr(spec, "scale", None) is None:
