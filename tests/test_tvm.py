@@ -130,6 +130,6 @@ def test_tvm_sigmoid_weights_of_full_tiles_come_out_of_the_register_tile(dims):
                                   ac.Attention(ac.window2d((10, 8), (5, 4), (2, 2)), normalizer=ac.sigmoid())],
                          ids=["sliding", "shifted_window_sigmoid"])
 def test_tvm_head_dims_16_to_256(spec, d, dv):
-    # value dims that are not a multiple of 8 take the packed-V path, the others read V in place
+    # value dims that are not a multiple of 8 run narrower PV register tiles (V is read in place)
     q, k, v = make_inputs(Dims(1, 2, 80, 80, d, dv))
     check_against_oracle(spec, q, k, v, backend="tvm")

@@ -22,8 +22,8 @@ amplify the fp32 rounding of z beyond the textbook quadratic form's.
 from ...ir import symbols as S
 from ...ir.program import FULL, PARTIAL
 from .printer import TIRPrinter
-from .source import (_chunk, _tile_loop, close_kernel, key_tables, key_tile_tasks, mask, open_kernel, pv, qk, task_item,
-                     v_in_place)
+from .source import (_chunk, _tile_loop, close_kernel, key_tables, key_tile_tasks, mask, open_kernel, pv, qk,
+                     skips_atoms, task_item, value_lanes)
 
 
 def _phi_elem(name, x, fs="fs[0]"):
@@ -90,9 +90,10 @@ def _apply_state(w, sh, state, zstate):
             w("for i in T.vectorized(4):")
             with w.block():
                 w(f"dl[i] = dl[i] + T.Cast(\"float64\", qs[r, d4 * 4 + i]) * {zstate.format(dd='d4 * 4 + i')}")
-        w(f"for dd in range({sh.D // 4 * 4}, {sh.D}):")
-        with w.block():
-            w(f"dl[0] = dl[0] + T.Cast(\"float64\", qs[r, dd]) * {zstate.format(dd='dd')}")
+        if sh.D % 4:
+            w(f"for dd in range({sh.D // 4 * 4}, {sh.D}):")
+            with w.block():
+                w(f"dl[0] = dl[0] + T.Cast(\"float64\", qs[r, dd]) * {zstate.format(dd='dd')}")
         w("den[r] = den[r] + ((dl[0] + dl[1]) + (dl[2] + dl[3]))")
 
 
@@ -115,8 +116,6 @@ def generate_linear(prog, grp, shape, tables):
     w(f"zt = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}), \"float64\")")
     w(f"pst = T.alloc_buffer({pst}, \"float32\")")
     w(f"pzt = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK + 1}, {sh.D}), \"float64\")")
-    if not v_in_place(sh):
-        w(f"vpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.BNP}, {sh.DVP}), \"float32\")")
     # ---- 1. phi(K) and the state of every key tile
     key_tile_tasks(w, sh)
     with w.block():
@@ -141,16 +140,10 @@ def generate_linear(prog, grp, shape, tables):
                 w(f"for dd in range({sh.D}):")
                 with w.block():
                     w("kpk[b, hh, g, kb, dd, c] = krow[c, dd]")
-            if not v_in_place(sh):
-                w(f"for j in range({sh.DVP}):")
-                with w.block():
-                    w(f"vpk[b, hh, g, kb, c, j] = T.Select(j < {sh.DV}, v[b, h, ktk[g, kb, c], T.min(j, {sh.DV - 1})] * "
-                      "kokp[g, kb, c], T.float32(0))")
         # the state phi(K)^T V, register tile MR x PW over (d, dv), keys inside
-        MR, PW = (4 if sh.D % 4 == 0 else 1), (16 if sh.DVP % 16 == 0 else 8)
-        vrow = (f"v[b, h, ktk[g, kb, c], jg * {PW} + ci]" if v_in_place(sh) else
-                f"vpk[b, hh, g, kb, c, jg * {PW} + ci]")
-        w(f"for jg in range({sh.DVP // PW}):")
+        MR, PW = (4 if sh.D % 4 == 0 else 1), value_lanes(sh.DV)
+        vrow = f"v[b, h, ktk[g, kb, c], jg * {PW} + ci]"
+        w(f"for jg in range({sh.DV // PW}):")
         with w.block():
             w(f"for rg in range({sh.D // MR}):")
             with w.block():
@@ -189,12 +182,13 @@ def generate_linear(prog, grp, shape, tables):
     chunk = _chunk(items)
     w(f"for task in T.parallel({items // chunk}):")
     with w.block():
+        # (a buffer nothing reads breaks TVM's lowering: the quadratic form's only when used)
         for name, shp, dt in (("qs", (sh.BMP, sh.D), "float32"), ("qtok", (sh.BMP,), "int32"),
-                              ("qok", (sh.BMP,), "int32"), ("s", (sh.BMP, sh.BNP), "float32"),
-                              ("acc", (sh.BMP, sh.DVP), "float32"), ("den", (sh.BMP,), "float64"),
-                              ("ssum", (sh.D, sh.DVP), "float32"), ("zsum", (sh.D,), "float64"),
-                              ("fs", (2,), "float32"), ("nf", (2,), "int32"), ("lanes2", (8,), "float32"),
-                              ("dl", (4,), "float64")):
+                              ("qok", (sh.BMP,), "int32"), ("acc", (sh.BMP, sh.DVP), "float32"),
+                              ("den", (sh.BMP,), "float64"), ("ssum", (sh.D, sh.DVP), "float32"),
+                              ("zsum", (sh.D,), "float64"), ("fs", (2,), "float32"), ("nf", (2,), "int32"),
+                              ("dl", (4,), "float64"),
+                              *((("s", (sh.BMP, sh.BNP), "float32"), ("lanes2", (8,), "float32")) if partial else ())):
             w(f"{name} = T.alloc_buffer({shp}, \"{dt}\", scope=\"local\")")
         w(f"for it in range({chunk}):")
         w.depth += 1
@@ -251,7 +245,7 @@ def generate_linear(prog, grp, shape, tables):
                 w("cls = tcls[g, qi, kk]")
                 w(f"if cls == {PARTIAL}:")
                 with w.block():
-                    qk(w, sh)
+                    qk(w, sh, atoms=skips_atoms(sh, grp))
                     mask(w, sh, pair_ok)
                     w(f"for r in range({sh.BMP}):")
                     with w.block():
@@ -266,7 +260,7 @@ def generate_linear(prog, grp, shape, tables):
                                 w(f"{sc} = T.Select({sc} > T.float32(NEG_HALF), {sc}, T.float32(0))")
                                 w(f"lanes2[i] = lanes2[i] + {sc}")
                         w("den[r] = den[r] + T.Cast(\"float64\", lanes_sum(lanes2, 8))")
-                    pv(w, sh)
+                    pv(w, sh, atoms=skips_atoms(sh, grp))
         # ---- epilogue: write through the query map
         w(f"for r in range({sh.BM}):")
         with w.block():

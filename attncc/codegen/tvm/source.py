@@ -258,13 +258,11 @@ def key_tile_tasks(w, sh):
 
 
 def _pack(w, sh, P, gat):
-    """Once per call: the key map evaluated per key tile (tokens and validity), then K
-    (transposed) and V packed per (batch, head, group, key tile), zero-padded, so every query
-    tile reads contiguous [d, bn] and [bn, dv] tiles without index arithmetic."""
+    """Once per call: the key map evaluated per key tile (tokens and validity), then K packed
+    transposed per (batch, head, group, key tile), zero-padded, so every query tile reads a
+    contiguous [d, bn] tile (V rows are read in place through the key map)."""
     key_tables(w, sh, P, gat)
     w(f"kpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}, {sh.BNP}), \"float32\")")
-    if not v_in_place(sh):
-        w(f"vpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.BNP}, {sh.DVP}), \"float32\")")
     key_tile_tasks(w, sh)
     with w.block():
         w(f"for c in range({sh.BNP}):")
@@ -272,20 +270,12 @@ def _pack(w, sh, P, gat):
             w(f"for j in range({sh.D}):")
             with w.block():
                 w("kpk[b, hh, g, kb, j, c] = k[b, h, ktk[g, kb, c], j] * kokp[g, kb, c]")
-            if not v_in_place(sh):
-                w(f"for j in T.vectorized({sh.DV}):")
-                with w.block():
-                    w("vpk[b, hh, g, kb, c, j] = v[b, h, ktk[g, kb, c], j] * kokp[g, kb, c]")
-                w(f"for j in range({sh.DV}, {sh.DVP}):")
-                with w.block():
-                    w("vpk[b, hh, g, kb, c, j] = T.float32(0)")
 
 
-def v_in_place(sh):
-    """PV reads V rows in place through the key map when its value vectors need no padding
-    (masked and padding keys have weight exactly 0 and point at token 0); else V is packed
-    once per call, zero-padded to DVP columns."""
-    return sh.DV == sh.DVP
+def value_lanes(dv):
+    """Lanes of the PV register tile: the widest of 16, 8, 4, 2, 1 dividing dv, so V is read
+    in place through the key map (no packed copy; acc's padding columns stay 0)."""
+    return next(p for p in (16, 8, 4, 2, 1) if dv % p == 0)
 
 
 def _post_chain(prog):
@@ -307,6 +297,7 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
         names = {**Pq.names, S.weight: (wexpr, "float"), S.j: (f"ktk[g, kb, {col}]", "int")}
         names.update({sym: (f"{sym}[{col}]", k) for buf, sym, _, k in hoisted if buf == "hcol"})
         return TIRPrinter(names, Pq.tables)(post, "float")
+    atoms = skips_atoms(sh, grp)
     w("for kk in range(tcnt[g, qi]):")
     with w.block():
         w("kb = tlist[g, qi, kk]")
@@ -330,7 +321,7 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
                                  f"{_sigmoid(norm, cell)}, T.float32(0))")
             w("else:")
             w.depth += 1
-        qk(w, sh, skip)
+        qk(w, sh, skip, atoms=atoms)
         # score modifiers, then the mask (partial tiles evaluate the residual)
         if prog.score != S.score:
             w(f"for r in range({sh.BMP}):")
@@ -393,7 +384,7 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
             w.depth -= 1
         if pass_ == 1:
             return
-        pv(w, sh, skip)
+        pv(w, sh, skip, atoms=atoms)
 
 
 def mask(w, sh, pair_ok, skip=()):
@@ -409,38 +400,72 @@ def mask(w, sh, pair_ok, skip=()):
             w("s[r, c] = T.float32(NEG)")
 
 
-def pv(w, sh, skip=()):
-    """acc += s V over the current key tile, register tile MR x PW."""
-    MR, PW = sh.MR, 16 if sh.DVP % 16 == 0 else 8
+def pv(w, sh, skip=(), atoms=False):
+    """acc += s V over the current key tile, register tile MR x PW. atoms: on PARTIAL tiles,
+    key atoms that are EMPTY for the row group are skipped (their weights are 0)."""
+    MR, PW = sh.MR, value_lanes(sh.DV)
+    end = f"T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0)"      # the tile's keys inside the extent
+    vrow = f"v[b, h, ktk[g, kb, c], jg * {PW} + ci]"
+
+    def micro():
+        _tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci] + "
+                              f"s[rg * {MR} + ri, c] * {vrow}")
     # value-column blocks outer: a [bn, PW] slice of V stays in L1 across the row groups
-    w(f"for jg in range({0 if 'pv' in skip else sh.DVP // PW}):")
+    w(f"for jg in range({0 if 'pv' in skip else sh.DV // PW}):")
     with w.block():
         w(f"for rg in range({sh.BMP // MR}):")
         with w.block():
-            if v_in_place(sh):       # only the tile's keys inside the extent
-                w(f"for c in range(T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0)):")
-                vrow = f"v[b, h, ktk[g, kb, c], jg * {PW} + ci]"
-            else:
-                w(f"for c in range({sh.BNP}):")
-                vrow = f"vpk[b, hh, g, kb, c, jg * {PW} + ci]"
+            if atoms:
+                w(f"if cls == {PARTIAL}:")
+                with w.block():
+                    w(f"for ca in range({sh.BN // sh.AK}):")
+                    with w.block():
+                        w(f"if {_atom_class(sh, f'rg * {MR}', f'ca * {sh.AK}')} != {EMPTY}:")
+                        with w.block():
+                            w(f"for c in range(ca * {sh.AK}, T.min(ca * {sh.AK} + {sh.AK}, {end})):")
+                            with w.block():
+                                micro()
+                w("else:")
+                w.depth += 1
+            w(f"for c in range({end}):")
             with w.block():
-                _tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci] + "
-                                      f"s[rg * {MR} + ri, c] * {vrow}")
+                micro()
+            if atoms:
+                w.depth -= 1
+
+
+def skips_atoms(sh, grp):
+    """Whether QK^T and PV skip the EMPTY atoms of PARTIAL tiles: tiles of several atoms
+    whose register tiles lie inside one atom, in a group with EMPTY atoms beside others
+    (the causal diagonal, a band's edges)."""
+    cls = grp.blocks.classes
+    return (sh.AK % sh.VW == 0 and sh.AQ % sh.MR == 0 and (sh.BM > sh.AQ or sh.BN > sh.AK)
+            and bool((cls == EMPTY).any()) and bool((cls == PARTIAL).any()))
+
+
+def _atom_class(sh, row, col):
+    """The class of the atom holding tile row `row` and tile column `col` (text)."""
+    return (f"acls[g, T.min(T.floordiv(qi * {sh.BM} + {row}, {sh.AQ}), {sh.NQA - 1}), "
+            f"T.min(T.floordiv(kb * {sh.BN} + {col}, {sh.AK}), {sh.NKA - 1})]")
 
 
 def _sigmoid(norm, x):
     return f"(T.float32(1) / (T.float32(1) + fexp(T.float32({-norm.bias!r}) - {x})))"
 
 
-def qk(w, sh, skip=(), epilogue=None):
+def qk(w, sh, skip=(), epilogue=None, atoms=False):
     """S = Q K^T into s, register tile MR x VW; `epilogue` (a statement on the tile's cells)
-    runs on the registers before they are stored."""
+    runs on the registers before they are stored. atoms: on PARTIAL tiles, register tiles in
+    EMPTY atoms are not computed (the mask fills them)."""
     MR, VW = sh.MR, sh.VW
     # key-column blocks outer: a [d, VW] block of K stays in L1 across the row groups
     w(f"for cg in range({0 if 'qk' in skip else sh.BNP // VW}):")
     with w.block():
         w(f"for rg in range({sh.BMP // MR}):")
         with w.block():
+            if atoms:
+                w(f"if cls != {PARTIAL} or {_atom_class(sh, f'rg * {MR}', f'cg * {VW}')} != {EMPTY}:")
+                w.depth += 1
             _tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = T.float32(0)")
             w(f"for dd in range({sh.D}):")
             with w.block():
@@ -448,6 +473,8 @@ def qk(w, sh, skip=(), epilogue=None):
                                       f"qs[rg * {MR} + ri, dd] * kpk[b, hh, g, kb, dd, cg * {VW} + ci]")
             if epilogue:
                 _tile_loop(w, MR, VW, epilogue)
+            if atoms:
+                w.depth -= 1
 
 
 def _mask_partial_row(w, sh, pair_ok):
