@@ -140,17 +140,22 @@ def generate_linear(prog, grp, shape, tables):
                 w(f"for dd in range({sh.D}):")
                 with w.block():
                     w("kpk[b, hh, g, kb, dd, c] = krow[c, dd]")
-        # the state phi(K)^T V, register tile MR x PW over (d, dv), keys inside
-        MR, PW = (4 if sh.D % 4 == 0 else 1), value_lanes(sh.DV)
+        # the state phi(K)^T V, register tiles of 6 rows of d (12 accumulators) and one of
+        # the remaining rows, x PW lanes of dv, keys inside
+        PW = value_lanes(sh.DV)
         vrow = f"v[b, h, ktk[g, kb, c], jg * {PW} + ci]"
         w(f"for jg in range({sh.DV // PW}):")
         with w.block():
-            w(f"for rg in range({sh.D // MR}):")
-            with w.block():
-                w(f"for c in range({sh.BNP}):")
+            for r0, MR, n in ((0, 6, sh.D // 6), (sh.D // 6 * 6, sh.D % 6, 1)):
+                if not MR or not n:
+                    continue
+                w(f"for rg in range({n}):")
                 with w.block():
-                    cell = f"sacc[rg * {MR} + ri, jg * {PW} + ci]"
-                    _tile_loop(w, MR, PW, f"{cell} = {cell} + krow[c, rg * {MR} + ri] * {vrow}")
+                    w(f"for c in range({sh.BNP}):")
+                    with w.block():
+                        row = f"{r0} + rg * {MR} + ri"
+                        cell = f"sacc[{row}, jg * {PW} + ci]"
+                        _tile_loop(w, MR, PW, f"{cell} = {cell} + krow[c, {row}] * {vrow}")
         w(f"for dd in range({sh.D}):")
         with w.block():
             w("zt[b, hh, g, kb, dd] = zacc[dd]")
