@@ -23,7 +23,7 @@ from ...ir import symbols as S
 from ...ir.program import FULL, PARTIAL
 from .printer import TIRPrinter
 from .source import (_chunk, _tile_loop, close_kernel, key_tables, key_tile_tasks, mask, open_kernel, pv, qk,
-                     skips_atoms, task_item, value_lanes)
+                     query_row, skips_atoms, task_item, value_lanes)
 
 
 def _phi_elem(name, x, fs="fs[0]"):
@@ -200,9 +200,7 @@ def generate_linear(prog, grp, shape, tables):
         task_item(w, sh, chunk)
         w(f"for r in range({sh.BMP}):")
         with w.block():
-            w(f"t = qi * {sh.BM} + r")
-            w(f"qok[r] = T.Cast(\"int32\", T.And(T.And(r < {sh.BM}, t < {sh.LQ}), {P(gat.q_valid, 'bool')}))")
-            w(f"qtok[r] = T.Select(qok[r] != 0, {P(gat.q_token, 'int')}, 0)")
+            query_row(w, sh, P, gat)
             _phi_row(w, sh, fmap, lambda j: f"q[b, h, qtok[r], {j}]", lambda j: f"qs[r, {j}]",
                      "T.Cast(\"float32\", qok[r])")
             w(f"for j in T.vectorized({sh.DVP}):")

@@ -136,9 +136,7 @@ def generate(prog, grp, shape, tables, skip=(), stats=True):
         # ---- query tile through the query map
         w(f"for r in range({sh.BMP}):")
         with w.block():
-            w(f"t = qi * {sh.BM} + r")
-            w(f"qok[r] = T.Cast(\"int32\", T.And(T.And(r < {sh.BM}, t < {sh.LQ}), {P(gat.q_valid, 'bool')}))")
-            w(f"qtok[r] = T.Select(qok[r] != 0, {P(gat.q_token, 'int')}, 0)")
+            query_row(w, sh, P, gat)
             for buf, sym, text, _ in hoisted:
                 if buf == "hrow":
                     w(f"{sym}[r] = {text}")
@@ -207,6 +205,13 @@ def close_kernel(w):
     w.depth = 1
     w("return main")
     return "\n".join(w.lines) + "\n"
+
+
+def query_row(w, sh, P, gat):
+    """Row r of the query tile: its local index t, validity qok[r] and token qtok[r]."""
+    w(f"t = qi * {sh.BM} + r")
+    w(f"qok[r] = T.Cast(\"int32\", T.And(T.And(r < {sh.BM}, t < {sh.LQ}), {P(gat.q_valid, 'bool')}))")
+    w(f"qtok[r] = T.Select(qok[r] != 0, {P(gat.q_token, 'int')}, 0)")
 
 
 def task_item(w, sh, chunk):
