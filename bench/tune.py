@@ -156,6 +156,7 @@ def main(argv=None):
         for rec in records:
             if rec is not None:
                 ship.add(rec)
+        path.with_name(path.name + ".lock").unlink(missing_ok=True)     # no lock file in the package
         print(f"wrote {len(records)} record(s) to {path}")
     return 0
 
