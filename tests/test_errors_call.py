@@ -53,12 +53,6 @@ def test_tvm_backend_refuses_what_it_cannot_generate(spec, why):
         ac.compile(spec, backend="tvm")(q, q, q)
 
 
-def test_tune_requested():
-    with pytest.raises(NotImplementedError, match=re.escape("tune=True: the autotuner is not part of this version "
-                                                            "of attncc; use tune=False (default plans)")):
-        ac.compile(ac.Attention(), backend="reference", tune=True)
-
-
 # --------------------------------------------------------------------------------------------
 # kernel call validation (attncc/runtime/inputs.py)
 # --------------------------------------------------------------------------------------------
