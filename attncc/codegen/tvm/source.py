@@ -2,11 +2,13 @@
 
 The kernel is one parallel loop over tasks (batch, head of the group, gather group, query
 tile). A task loads its query tile through the query index map, then visits only the
-non-empty key tiles of its (group, query tile) (tables from classify_blocks), each packed
-through the key index map into a local [d, bn] tile; QK^T and PV are register-tiled
-micro-kernels (unrolled rows x vector lanes); masks are evaluated only on PARTIAL tiles (FULL
-tiles only mask the padding of the last tile); softmax is online (running max and sum, exp
-vectorized by fexp); sigmoid needs no statistics; post modifiers need the final statistics,
+non-empty key tiles of its (group, query tile) (tables from classify_blocks). K is packed once
+per call, transposed per key tile through the key index map; V rows are read in place through
+it. QK^T and PV are register-tiled micro-kernels (unrolled rows x vector lanes); masks are
+evaluated only on PARTIAL tiles, atom by atom (EMPTY atoms of a PARTIAL tile are neither
+computed nor read; FULL tiles only mask the padding of the last tile); softmax is online
+(running max and sum, exp vectorized by fexp); sigmoid needs no statistics (on FULL tiles its
+weights come straight out of the QK^T register tile); post modifiers need the final statistics,
 so softmax with post modifiers makes a second pass over the key tiles. The output is written
 back through the query index map into the unpartitioned [B, H, N, dv] layout.
 """
