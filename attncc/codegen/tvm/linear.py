@@ -22,8 +22,8 @@ amplify the fp32 rounding of z beyond the textbook quadratic form's.
 from ...ir import symbols as S
 from ...ir.program import FULL, PARTIAL
 from .printer import TIRPrinter
-from .source import (_chunk, _tile_loop, close_kernel, key_tables, key_tile_tasks, mask, open_kernel, pv, qk,
-                     query_row, skips_atoms, task_item, value_lanes)
+from .microkernel import tile_loop, mask, pv, qk, skips_atoms, value_lanes
+from .source import _chunk, close_kernel, key_tables, key_tile_tasks, open_kernel, query_row, task_item
 
 
 def _phi_elem(name, x, fs="fs[0]"):
@@ -78,7 +78,7 @@ def _apply_state(w, sh, state, zstate):
         with w.block():
             w(f"for dd in range({sh.D}):")
             with w.block():
-                _tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci]"
+                tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci]"
                                       f" + qs[rg * {MR} + ri, dd] * {state.format(dd='dd', j=f'jg * {PW} + ci')}")
     w(f"for r in range({sh.BMP}):")
     with w.block():
@@ -155,7 +155,7 @@ def generate_linear(prog, grp, shape, tables):
                     with w.block():
                         row = f"{r0} + rg * {MR} + ri"
                         cell = f"sacc[{row}, jg * {PW} + ci]"
-                        _tile_loop(w, MR, PW, f"{cell} = {cell} + krow[c, {row}] * {vrow}")
+                        tile_loop(w, MR, PW, f"{cell} = {cell} + krow[c, {row}] * {vrow}")
         w(f"for dd in range({sh.D}):")
         with w.block():
             w("zt[b, hh, g, kb, dd] = zacc[dd]")

@@ -15,8 +15,9 @@ back through the query index map into the unpartitioned [B, H, N, dv] layout.
 from dataclasses import dataclass
 
 from ...ir import symbols as S
-from ...ir.program import EMPTY, FULL, PARTIAL
+from ...ir.program import FULL
 from ..hoist import Hoister
+from .microkernel import mask, pv, qk, skips_atoms
 from .printer import TIRPrinter
 
 
@@ -279,12 +280,6 @@ def _pack(w, sh, P, gat):
                 w("kpk[b, hh, g, kb, j, c] = k[b, h, ktk[g, kb, c], j] * kokp[g, kb, c]")
 
 
-def value_lanes(dv):
-    """Lanes of the PV register tile: the widest of 16, 8, 4, 2, 1 dividing dv, so V is read
-    in place through the key map (no packed copy; acc's padding columns stay 0)."""
-    return next(p for p in (16, 8, 4, 2, 1) if dv % p == 0)
-
-
 def _post_chain(prog):
     """The post modifiers composed in order, as one expression of the weight."""
     chain = S.weight
@@ -394,129 +389,5 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
         pv(w, sh, skip, atoms=atoms)
 
 
-def mask(w, sh, pair_ok, skip=()):
-    """Masked scores of the current key tile in s become NEG: pairs of PARTIAL tiles by the
-    residual, and every tile's padding keys (past the extent, or past block_n)."""
-    w(f"for r in range({0 if 'mask' in skip else sh.BMP}):")
-    with w.block():
-        w(f"if cls == {PARTIAL}:")
-        with w.block():
-            _mask_partial_row(w, sh, pair_ok)
-        w(f"for c in range(T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0), {sh.BNP}):")
-        with w.block():
-            w("s[r, c] = T.float32(NEG)")
-
-
-def pv(w, sh, skip=(), atoms=False):
-    """acc += s V over the current key tile, register tile MR x PW. atoms: on PARTIAL tiles,
-    key atoms that are EMPTY for the row group are skipped (their weights are 0)."""
-    MR, PW = sh.MR, value_lanes(sh.DV)
-    end = f"T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0)"      # the tile's keys inside the extent
-    vrow = f"v[b, h, ktk[g, kb, c], jg * {PW} + ci]"
-
-    def micro():
-        _tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci] + "
-                              f"s[rg * {MR} + ri, c] * {vrow}")
-    # value-column blocks outer: a [bn, PW] slice of V stays in L1 across the row groups
-    w(f"for jg in range({0 if 'pv' in skip else sh.DV // PW}):")
-    with w.block():
-        w(f"for rg in range({sh.BMP // MR}):")
-        with w.block():
-            if atoms:
-                w(f"if cls == {PARTIAL}:")
-                with w.block():
-                    w(f"for ca in range({sh.BN // sh.AK}):")
-                    with w.block():
-                        w(f"if {_atom_class(sh, f'rg * {MR}', f'ca * {sh.AK}')} != {EMPTY}:")
-                        with w.block():
-                            w(f"for c in range(ca * {sh.AK}, T.min(ca * {sh.AK} + {sh.AK}, {end})):")
-                            with w.block():
-                                micro()
-                w("else:")
-                w.depth += 1
-            w(f"for c in range({end}):")
-            with w.block():
-                micro()
-            if atoms:
-                w.depth -= 1
-
-
-def skips_atoms(sh, grp):
-    """Whether QK^T and PV skip the EMPTY atoms of PARTIAL tiles: tiles of several atoms
-    whose register tiles lie inside one atom, in a group with EMPTY atoms beside others
-    (the causal diagonal, a band's edges)."""
-    cls = grp.blocks.classes
-    return (sh.AK % sh.VW == 0 and sh.AQ % sh.MR == 0 and (sh.BM > sh.AQ or sh.BN > sh.AK)
-            and bool((cls == EMPTY).any()) and bool((cls == PARTIAL).any()))
-
-
-def _atom_class(sh, row, col):
-    """The class of the atom holding tile row `row` and tile column `col` (text)."""
-    return (f"acls[g, T.min(T.floordiv(qi * {sh.BM} + {row}, {sh.AQ}), {sh.NQA - 1}), "
-            f"T.min(T.floordiv(kb * {sh.BN} + {col}, {sh.AK}), {sh.NKA - 1})]")
-
-
 def _sigmoid(norm, x):
     return f"(T.float32(1) / (T.float32(1) + fexp(T.float32({-norm.bias!r}) - {x})))"
-
-
-def qk(w, sh, skip=(), epilogue=None, atoms=False):
-    """S = Q K^T into s, register tile MR x VW; `epilogue` (a statement on the tile's cells)
-    runs on the registers before they are stored. atoms: on PARTIAL tiles, register tiles in
-    EMPTY atoms are not computed (the mask fills them)."""
-    MR, VW = sh.MR, sh.VW
-    # key-column blocks outer: a [d, VW] block of K stays in L1 across the row groups
-    w(f"for cg in range({0 if 'qk' in skip else sh.BNP // VW}):")
-    with w.block():
-        w(f"for rg in range({sh.BMP // MR}):")
-        with w.block():
-            if atoms:
-                w(f"if cls != {PARTIAL} or {_atom_class(sh, f'rg * {MR}', f'cg * {VW}')} != {EMPTY}:")
-                w.depth += 1
-            _tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = T.float32(0)")
-            w(f"for dd in range({sh.D}):")
-            with w.block():
-                _tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = s[rg * {MR} + ri, cg * {VW} + ci] + "
-                                      f"qs[rg * {MR} + ri, dd] * kpk[b, hh, g, kb, dd, cg * {VW} + ci]")
-            if epilogue:
-                _tile_loop(w, MR, VW, epilogue)
-            if atoms:
-                w.depth -= 1
-
-
-def _mask_partial_row(w, sh, pair_ok):
-    """Row r of a PARTIAL tile. A tile made of several atoms looks each atom's class up once
-    per row: FULL atoms stay, EMPTY atoms are masked whole, and only PARTIAL atoms evaluate
-    the residual mask per pair (simplify_masks' contract: it is exact there)."""
-    def pairs():
-        w(f"u = kb * {sh.BN} + c")
-        w(f"s[r, c] = T.Select(T.And(kokp[g, kb, c] > T.float32(0), {pair_ok}), s[r, c], T.float32(NEG))")
-    w(f"t = qi * {sh.BM} + r")
-    if sh.BM == sh.AQ and sh.BN == sh.AK:        # the tile is one atom
-        w(f"for c in range({sh.BN}):")
-        with w.block():
-            pairs()
-        return
-    w(f"for ca in range({sh.BN // sh.AK}):")
-    with w.block():
-        w(f"acl = acls[g, T.min(T.floordiv(t, {sh.AQ}), {sh.NQA - 1}), "
-          f"T.min(T.floordiv(kb * {sh.BN}, {sh.AK}) + ca, {sh.NKA - 1})]")
-        w(f"if acl == {EMPTY}:")
-        with w.block():
-            w(f"for cj in range({sh.AK}):")
-            with w.block():
-                w(f"s[r, ca * {sh.AK} + cj] = T.float32(NEG)")
-        w(f"elif acl == {PARTIAL}:")
-        with w.block():
-            w(f"for cj in range({sh.AK}):")
-            with w.block():
-                w(f"c = ca * {sh.AK} + cj")
-                pairs()
-
-
-def _tile_loop(w, rows, lanes, body):
-    w(f"for ri in T.unroll({rows}):")
-    with w.block():
-        w(f"for ci in T.vectorized({lanes}):")
-        with w.block():
-            w(body)
