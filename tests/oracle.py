@@ -1,5 +1,7 @@
 """Judging a kernel against the dense fp64 oracle, relative to the error that the same maths
 makes in the same dtype (STYLE.md: err(kernel) <= k * err(same-dtype) + floor)."""
+import os
+
 import torch
 
 import attncc as ac
@@ -7,6 +9,9 @@ from attncc.reference.dense import dense_attention
 from attncc.runtime.inputs import check_call
 
 K = 3.0
+# ATTNCC_TEST_DEVICE=cuda runs the kernels under test on that device (the Triton suite on a lent
+# GPU); inputs are drawn and the oracles computed on the CPU, so the judgement is the same
+DEVICE = os.environ.get("ATTNCC_TEST_DEVICE", "cpu")
 EPS = {torch.float32: 2.0 ** -23, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float64: 2.0 ** -52}
 
 
@@ -30,7 +35,12 @@ def check_against_oracle(spec, q, k, v, tensors=None, lse=True, backend="referen
     lse = lse and not isinstance(spec.normalizer, type(ac.linear()))
     _, canon = canonical(spec, q, k, v, tensors)
     kern = ac.compile(spec, backend=backend)
-    got = kern(q, k, v, return_lse=lse, **tensors)
+    if DEVICE != "cpu" and backend != "reference":
+        on = {n: x.to(DEVICE) for n, x in tensors.items()}
+        got = kern(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), return_lse=lse, **on)
+        got = tuple(x.cpu() for x in got) if lse else got.cpu()
+    else:
+        got = kern(q, k, v, return_lse=lse, **tensors)
     gold = dense_attention(canon, q, k, v, tensors, return_lse=lse)
     same = dense_attention(canon, q, k, v, tensors, return_lse=lse, dtype=torch.float32)
     if lse:

@@ -104,9 +104,9 @@ def test_triton_gradients_recompute_through_the_reference():
 
 # ---- the generated kernel's structure ---------------------------------------------------------
 
-def triton_source(spec, dims, **tensors):
+def triton_source(spec, dims, dtype=torch.float32, **tensors):
     kern = ac.compile(spec, backend="triton")
-    q, k, v = make_inputs(dims)
+    q, k, v = make_inputs(dims, dtype)
     kern(q, k, v, **tensors)
     return kern.explain(file=None)
 
@@ -115,12 +115,35 @@ def test_triton_explain_shows_a_flash_kernel_over_the_tile_table():
     text = triton_source(ac.Attention(ac.causal()), Dims(1, 2, 200, 200, 16, 16))
     assert "=== generated Triton source" in text and "plans for sm_80" in text
     src = text.split("=== generated Triton source", 1)[1]
-    assert "for kk in range(0, ntiles):" in src and "kb = tl.load(tlist + item" in src
-    # the online softmax: running max and sum, the accumulator rescaled; no N x M buffer
-    assert "m_new = tl.maximum(m_i, tl.max(s, 1))" in src and "acc = acc * alpha[:, None]" in src
-    # the residual mask only on PARTIAL tiles
-    assert re.search(r"if tl\.load\(tcls \+ item \* \d+ \+ kk\) == 1:", src)
-    assert "input_precision=\"ieee\"" in src            # fp32 inputs multiply in fp32, not tf32
+    # FULL tiles first, swept without masks; then the others, the residual only on PARTIAL tiles
+    full, rest = src.split("for kk in range(0, nfull):", 1)[1].split("for kk in range(nfull, ntiles):")
+    assert "kb = tl.load(tlist + item" in full and "tl.where" not in full
+    assert re.search(r"if tl\.load\(tcls \+ item \* \d+ \+ kk\) == 1:", rest)
+    # the online softmax in log2 units, the scale folded into one multiply-add before exp2; the
+    # accumulator rescaled; no N x M buffer
+    assert re.search(r"m_new = tl\.maximum\(m_i, tl\.max\(s, 1\) \* [0-9.]+\)", src)
+    assert re.search(r"p = tl\.math\.exp2\(s \* [0-9.]+ - m_new\[:, None\]\)", src)
+    assert "acc = acc * alpha[:, None]" in src
+    # fp32 inputs multiply as three tf32 products (fp32 accuracy; not plain tf32)
+    assert "input_precision=\"tf32x3\"" in src
+
+
+def test_triton_sweeps_full_tiles_first_and_loads_atom_classes_per_atom():
+    """The tile list puts the FULL tiles that end inside the keys first (their count is the
+    second column of tcnt); a 128x64 PARTIAL tile reads one class per 16x16 atom."""
+    from attncc.codegen.triton.backend import sweep_tables
+    from attncc.ir.program import FULL, PARTIAL
+    low = ac.compile(ac.Attention(ac.causal()), backend="triton").lower(Dims(1, 1, 1000, 1000, 64, 64), "float16")
+    grp = low.program.groups[0]
+    cnt, lst, cls = sweep_tables(grp)
+    for qi in range(cnt.shape[1]):
+        n, nfull = cnt[0, qi]
+        assert (cls[0, qi, :nfull] == FULL).all() and ((lst[0, qi, :nfull] + 1) * grp.plan.block_n <= 1000).all()
+        assert sorted(lst[0, qi, :n]) == list(range(n))             # every visited tile once
+        assert not ((cls[0, qi, nfull:n] == FULL) & ((lst[0, qi, nfull:n] + 1) * grp.plan.block_n <= 1000)).any()
+    assert (cls == PARTIAL).any()
+    src = triton_source(ac.Attention(ac.causal()), Dims(1, 1, 1024, 1024, 64, 64), dtype=torch.float16)
+    assert "tl.reshape(tl.broadcast_to(ac[:, None, :, None], [8, 16, 4, 16]), [128, 64])" in src
 
 
 def test_triton_window_kernel_reads_tokens_through_the_index_maps():
@@ -144,7 +167,8 @@ def test_triton_per_query_gathers_tile_a_dense_source_and_skip_empty_tiles():
 
 def test_triton_two_pass_for_softmax_with_post_modifiers():
     src = triton_source(ac.Attention(ac.causal(), post_mods=ac.clipped(1.05, -0.05)), Dims(1, 1, 40, 40, 16, 16))
-    assert src.count("for kk in range(0, ntiles):") == 2 and "inv = tl.where(l_i > 0.0" in src
+    assert src.count("for kk in range(0, nfull):") == 2 and src.count("for kk in range(nfull, ntiles):") == 2
+    assert "inv = tl.where(l_i > 0.0" in src
 
 
 # ---- runtime wiring -------------------------------------------------------------------------------
@@ -226,16 +250,17 @@ def test_triton_interpreter_runs_whatever_the_import_order(first, tmp_path):
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_check_gpu_compiles_a_subset_for_both_arches(arch, tmp_path):
     """`python -m attncc check-gpu` on a few patterns (a dense mask, shifted windows with a
-    captured bias table and a tanh helper): every kernel builds and fits, the table says so."""
+    captured bias table and a tanh helper), bf16 and fp32 (whose dots once tripped an assertion
+    in Triton's lowering): every kernel builds and fits, the table says so."""
     env = {**os.environ, "ATTNCC_CACHE_DIR": str(tmp_path), "TRITON_CACHE_DIR": str(tmp_path / "triton-cache")}
-    res = subprocess.run([sys.executable, "-m", "attncc", "check-gpu", "--arch", arch, "--dtype", "bfloat16",
+    res = subprocess.run([sys.executable, "-m", "attncc", "check-gpu", "--arch", arch, "--dtype", "bfloat16", "float32",
                           "--head-dim", "64", "--only", "softcap_causal", "swin_shifted", "biformer_routing",
                           "--jobs", "2"], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = [ln for ln in res.stdout.splitlines() if ln.startswith(f"| ") and f"| {arch} |" in ln]
-    assert len(rows) == 2 and not any("FAILED" in ln for ln in rows)
+    assert len(rows) == 4 and not any("FAILED" in ln for ln in rows)
     assert "not compiled (unsupported by the Triton backend): biformer_routing" in res.stdout
-    assert "2 of 2 kernels compiled and fit; 0 failed" in res.stdout
+    assert "4 of 4 kernels compiled and fit; 0 failed" in res.stdout
 
 
 def test_check_gpu_exits_non_zero_when_a_kernel_does_not_fit(monkeypatch, capsys):

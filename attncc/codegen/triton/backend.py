@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ...ir import symbols as S
+from ...ir.program import FULL
 from ...version import __version__
 from ..tiles import tile_tables
 from .source import KERNEL, generate, group_shape
@@ -50,6 +51,20 @@ def check(prog):
     for grp in prog.groups:
         assert not grp.gather.per_query, "the Triton target tiles a dense key source for per-query gathers"
         assert S.b not in S.free_index_symbols(grp.gather.k_token), "static key maps do not depend on the batch"
+
+
+def sweep_tables(grp):
+    """The tile tables in the order the kernel sweeps them: per (gather group, query tile),
+    the FULL tiles that end inside the keys first (swept without masks), then the others.
+    Returns (counts [G, NQ, 2]: all tiles and the FULL ones, list, class)."""
+    cnt, lst, cls = tile_tables(grp)
+    end = (lst + 1) * grp.plan.block_n <= grp.gather.Lk
+    live = np.arange(lst.shape[-1]) < cnt[..., None]
+    clean = (cls == FULL) & end & live
+    order = np.argsort(~clean, axis=-1, kind="stable")        # clean tiles first, each part in key order
+    lst = np.take_along_axis(lst, order, -1)
+    cls = np.take_along_axis(cls, order, -1)
+    return np.stack((cnt, clean.sum(-1, dtype=np.int32)), -1).astype(np.int32), lst, cls
 
 
 def table_meta(prog, tensors):
@@ -173,7 +188,7 @@ class GroupKernel:
     """One head group's generated kernel and the static tables it reads."""
 
     def __init__(self, prog, grp, meta):
-        cnt, lst, cls = tile_tables(grp)
+        cnt, lst, cls = sweep_tables(grp)
         self.grp = grp
         self.shape = group_shape(prog, grp, lst.shape[-1])
         t0 = time.perf_counter()

@@ -28,7 +28,8 @@ from ..hoist import Hoister
 # shared with the TVM backend (it is pure numpy, it imports nothing of TVM)
 from .printer import TritonPrinter
 
-NEG = -1.0e30          # the score of a masked pair (finite: exp(NEG - NEG) is no NaN)
+NEG = -1.0e30          # the running max's start: finite, so masked scores (-inf) give exp(-inf - NEG) = 0
+LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
 # the element type the kernel multiplies in (float64 inputs run in float32: fp32 accumulation)
 TL_DTYPES = {"float16": "tl.float16", "bfloat16": "tl.bfloat16", "float32": "tl.float32", "float64": "tl.float32"}
 
@@ -125,9 +126,16 @@ def generate(prog, grp, sh, tables):
     `tables`: IR name -> (param name, shape, kind) of the tensors the expressions read."""
     gat, norm = grp.gather, prog.norm
     dtype = TL_DTYPES[prog.dtype]
-    # fp32 inputs multiply in fp32 (a GPU would otherwise use tf32 and lose 10 bits)
-    prec = ', input_precision="ieee"' if dtype == "tl.float32" else ""
+    # fp32 inputs: three tf32 products per product (fp32 accuracy on the tensor cores; plain
+    # tf32 loses 10 bits, and "ieee" trips a layout assertion in Triton 3.6-3.9's LLVM lowering)
+    prec = ', input_precision="tf32x3"' if dtype == "tl.float32" else ""
     two_pass = norm.kind == "softmax" and bool(prog.post)
+    # the running statistics are kept in log2 units (exp2 is the hardware's exponential); with
+    # no score modifier the softmax scale folds into that conversion, so that each weight is one
+    # fused multiply-add and one exp2 of the raw product, and the raw tile is masked as it is
+    fold = (norm.kind == "softmax" and prog.score == S.score and prog.scale > 0
+            and S.score not in post_chain(prog).free_symbols)
+    c2 = f"{(prog.scale if fold else 1.0) * LOG2E!r}"
     base = {S.g: ("g", "int"), S.b: ("b", "int"), S.h: ("h", "int")}
     P = TritonPrinter(base, tables)
 
@@ -158,8 +166,7 @@ def generate(prog, grp, sh, tables):
     coarse = (sh.BM != sh.AQ or sh.BN != sh.AK)
     res_text = Pp(residual, "bool") if residual is not None else None
     if coarse:
-        ac = (f"tl.load(acls + g * {sh.NQA * sh.NKA} + tl.minimum(t2 // {sh.AQ}, {sh.NQA - 1}) * {sh.NKA} "
-              f"+ tl.minimum(u2 // {sh.AK}, {sh.NKA - 1}))")
+        ac = atom_classes(sh)
         pair_ok = f"(ac == {FULL})" + (f" | ((ac == {PARTIAL}) & {res_text})" if res_text else "")
     else:
         ac, pair_ok = None, res_text
@@ -198,48 +205,69 @@ def generate(prog, grp, sh, tables):
     w(f"l_i = tl.zeros([{sh.BMP}], tl.float32)")
     w(f"acc = tl.zeros([{sh.BMP}, {sh.DVP}], tl.float32)")
     w(f"item = g * {sh.NQ} + qi")
-    w("ntiles = tl.load(tcnt + item)")
+    w("ntiles = tl.load(tcnt + 2 * item)")
+    w("nfull = tl.load(tcnt + 2 * item + 1)")
 
     Pk = P.with_names({S.u: ("u", "int")})
 
-    def key_tile(pass_):
+    # keys a FULL tile may still have to mask: the padding columns of a tile narrower than its
+    # power of two, and invalid tokens of the key map (tiles past the end of the keys are never
+    # in the FULL sweep: the backend lists them with the PARTIAL ones)
+    full_kok = " & ".join(x for x in (f"(c < {sh.BN})" if sh.BN != sh.BNP else "", _and(Pk, gat.k_valid)[3:]) if x)
+
+    def key_tile(pass_, full):
         """One sweep over the program's key tiles. pass_ 0: the only pass; 1: statistics only;
-        2: weights from the final statistics, post modifiers, PV."""
-        w("for kk in range(0, ntiles):")
+        2: weights from the final statistics, post modifiers, PV. full: the sweep over the
+        FULL tiles (first in the list: no residual mask, no atom classes; padding keys score
+        -inf, so that exp gives 0 against the finite running max), else over the others."""
+        w("for kk in range(0, nfull):" if full else "for kk in range(nfull, ntiles):")
         with w.block():
             w(f"kb = tl.load(tlist + item * {sh.KMAX} + kk)")
             w(f"c = tl.arange(0, {sh.BNP})")
             w(f"u = kb * {sh.BN} + c")
-            w(f"kok = (c < {sh.BN}) & (u < {sh.LK})" + _and(Pk, gat.k_valid))
+            kmask = full_kok if full else f"(c < {sh.BN}) & (u < {sh.LK})" + _and(Pk, gat.k_valid)
+            if kmask:
+                w(f"kok = {kmask}")
             w(f"ktok = {Pk(gat.k_token, 'int')} + c * 0")
             w("u2 = u[None, :]")
             w("j2 = ktok[None, :]")
-            w(f"kt = tl.load(k + plane * {sh.M * sh.D} + j2 * {sh.D} + dd[:, None], "
-              f"mask=kok[None, :] & (dd[:, None] < {sh.D}), other=0.0)")
-            w(f"s = tl.dot(qt, kt{prec}) * {prog.scale!r}")
+            w(f"kt = tl.load(k + plane * {sh.M * sh.D} + j2 * {sh.D} + dd[:, None]"
+              + _load_mask("kok[None, :]" if kmask else "", f"dd[:, None] < {sh.D}" if sh.DP != sh.D else "") + ")")
+            w(f"s = tl.dot(qt, kt{prec})" + ("" if fold else f" * {prog.scale!r}"))
             for name, text in cols_pair:
                 w(f"{name} = {text}")
             if prog.score != S.score:
                 w(f"s = {Pp(score, 'float')}")
-            w("ok = kok[None, :] & qok[:, None]")
-            if pair_ok is not None:
+            # masked scores are -inf: exp(-inf - m) is 0 against the running max, which starts
+            # finite (NEG); a 2-D mask is kept only where post modifiers need it
+            ok = None
+            if kmask:
+                w("s = tl.where(kok[None, :], s, NEG_INF)")
+                ok = "kok[None, :]"
+            if not full and pair_ok is not None:
+                if prog.post:
+                    w(f"ok = tl.full([{sh.BMP}, {sh.BNP}], 1, tl.int1)" + (f" & {ok}" if ok else ""))
+                    ok = "ok"
                 # the residual mask only on PARTIAL tiles
                 w(f"if tl.load(tcls + item * {sh.KMAX} + kk) == {PARTIAL}:")
                 with w.block():
                     for name, text in cols_mask:
                         w(f"{name} = {text}")
-                    if ac is not None:
-                        w(f"ac = {ac}")
-                    w(f"ok = ok & ({pair_ok})")
-            w(f"s = tl.where(ok, s, {NEG!r})")
+                    for line in ac or ():
+                        w(line)
+                    if prog.post:
+                        w(f"ok = ok & ({pair_ok})")
+                        w("s = tl.where(ok, s, NEG_INF)")
+                    else:
+                        w(f"s = tl.where({pair_ok}, s, NEG_INF)")
             if pass_ in (0, 1) and (norm.kind == "softmax" or pass_ == 0):
                 stats = norm.kind == "sigmoid"
                 if stats:
                     w("if STATS:")
                     w.depth += 1
-                w("m_new = tl.maximum(m_i, tl.max(s, 1))")
-                w("p = tl.where(ok, tl.exp(s - m_new[:, None]), 0.0)")
-                w("alpha = tl.exp(m_i - m_new)")
+                w(f"m_new = tl.maximum(m_i, tl.max(s, 1) * {c2})")
+                w(f"p = tl.math.exp2(s * {c2} - m_new[:, None])")
+                w("alpha = tl.math.exp2(m_i - m_new)")
                 w("l_i = l_i * alpha + tl.sum(p, 1)")
                 if norm.kind == "softmax" and pass_ == 0:
                     w("acc = acc * alpha[:, None]")
@@ -249,27 +277,32 @@ def generate(prog, grp, sh, tables):
             if pass_ == 1:
                 return
             if norm.kind == "sigmoid":
-                # sigmoid(x) from exp(-|x|): never overflows (masked scores are -1e30)
+                # sigmoid(x) from exp(-|x|): never overflows (masked scores are -inf: weight 0)
                 w(f"x = s + {norm.bias!r}")
                 w("ex = tl.exp(-tl.abs(x))")
                 wexpr = "tl.where(x >= 0.0, 1.0 / (1.0 + ex), ex / (1.0 + ex))"
             elif pass_ == 2:
-                wexpr = "(tl.exp(s - m_i[:, None]) * inv[:, None])"
+                wexpr = f"(tl.math.exp2(s * {c2} - m_i[:, None]) * inv[:, None])"
             else:
                 wexpr = None
             if wexpr is not None:
                 wtext = TritonPrinter({**names, S.weight: (wexpr, "float")}, tables)(post, "float")
-                w(f"p = tl.where(ok, {wtext}, 0.0)")
-            w(f"vt = tl.load(v + plane * {sh.M * sh.DV} + ktok[:, None] * {sh.DV} + dvv[None, :], "
-              f"mask=kok[:, None] & (dvv[None, :] < {sh.DV}), other=0.0)")
+                # a post modifier may map a zero weight to non-zero: masked pairs are zeroed after it
+                w(f"p = tl.where({ok}, {wtext}, 0.0)" if ok and post != S.weight else f"p = {wtext}")
+            w(f"vt = tl.load(v + plane * {sh.M * sh.DV} + ktok[:, None] * {sh.DV} + dvv[None, :]"
+              + _load_mask("kok[:, None]" if kmask else "", f"dvv[None, :] < {sh.DV}" if sh.DVP != sh.DV else "") + ")")
             w(f"acc += tl.dot(p.to({dtype}), vt{prec})")
 
+    def sweep(pass_):
+        key_tile(pass_, True)
+        key_tile(pass_, False)
+
     if two_pass:
-        key_tile(1)
+        sweep(1)
         w("inv = tl.where(l_i > 0.0, 1.0 / tl.maximum(l_i, 1e-30), 0.0)")
-        key_tile(2)
+        sweep(2)
     else:
-        key_tile(0)
+        sweep(0)
     # ---- epilogue: write through the query map into [B, H, N, dv]
     if norm.kind == "softmax" and not two_pass:
         w("acc = acc * tl.where(l_i > 0.0, 1.0 / tl.maximum(l_i, 1e-30), 0.0)[:, None]")
@@ -279,7 +312,7 @@ def generate(prog, grp, sh, tables):
         w("if STATS:")
         w.depth += 1
     # a row with no unmasked key has l_i == 0: its log-sum-exp is -inf
-    w("lse_v = tl.where(l_i > 0.0, m_i + tl.log(tl.maximum(l_i, 1e-30)), NEG_INF)")
+    w(f"lse_v = tl.where(l_i > 0.0, (m_i + tl.math.log2(tl.maximum(l_i, 1e-30))) * {LN2!r}, NEG_INF)")
     w(f"tl.store(lse + plane * {sh.N} + qtok, lse_v, mask=qok)")
     text = "\n".join(w.lines) + "\n"
     head, body = text.split("\n\n\n", 1)
@@ -301,6 +334,27 @@ TANH = '''def _tanh(x):
 
 
 '''
+
+
+def atom_classes(sh):
+    """Statements that set `ac`, the atom class of every pair of a coarse tile. When the tile
+    holds a power-of-two grid of whole atoms, one class per atom is loaded and broadcast (a
+    per-pair gather would hold a full tile of indices in registers: ptxas spills at 128x64)."""
+    ra, ca = sh.BM // sh.AQ, sh.BN // sh.AK
+    if sh.BM == sh.BMP and sh.BN == sh.BNP and ra == pow2(ra, 1) and ca == pow2(ca, 1):
+        rows = f"tl.minimum(qi * {ra} + tl.arange(0, {ra}), {sh.NQA - 1})"
+        cols = f"tl.minimum(kb * {ca} + tl.arange(0, {ca}), {sh.NKA - 1})"
+        return [f"ac = tl.load(acls + g * {sh.NQA * sh.NKA} + {rows}[:, None] * {sh.NKA} + {cols}[None, :])",
+                f"ac = tl.reshape(tl.broadcast_to(ac[:, None, :, None], [{ra}, {sh.AQ}, {ca}, {sh.AK}]), "
+                f"[{sh.BM}, {sh.BN}])"]
+    return [f"ac = tl.load(acls + g * {sh.NQA * sh.NKA} + tl.minimum(t2 // {sh.AQ}, {sh.NQA - 1}) * {sh.NKA} "
+            f"+ tl.minimum(u2 // {sh.AK}, {sh.NKA - 1}))"]
+
+
+def _load_mask(*parts):
+    """The mask and other arguments of a tile load (none when nothing needs masking)."""
+    mask = " & ".join(f"({p})" for p in parts if p)
+    return f", mask={mask}, other=0.0" if mask else ""
 
 
 def _and(printer, expr):

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (its python3 holds torch, triton, timm, pytest, hypothesis):
+# install attncc from this tree without dependencies, then the steps asked for: the Triton
+# suite's oracle tests on the GPU (ATTNCC_TEST_DEVICE=cuda), the GPU bench against the peers,
+# the plan sweep. Logs and results go to $OUT (or bench/out/gpu when $OUT is unset).
+#
+#     bash bench/gpu_run.sh [tests] [bench] [plans]      (default: all three)
+#     BENCH_ARGS="--only full_d64" PLANS_ARGS="--only causal_d64" bash bench/gpu_run.sh bench plans
+set -uo pipefail
+cd "$(dirname "$0")/.."
+steps=" ${*:-tests bench plans} "
+out=${OUT:-bench/out/gpu}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$out/install.log" 2>&1 \
+    || { cat "$out/install.log"; exit 1; }
+python3 - <<'EOF' | tee "$out/versions.txt"
+import torch, triton
+print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name(),
+      "capability", torch.cuda.get_device_capability())
+EOF
+rc=0
+if [[ $steps == *" tests "* ]]; then
+    t0=$(date +%s)
+    ATTNCC_TEST_DEVICE=cuda python3 -m pytest tests/test_triton.py -k "matches" -q --maxfail=30 -n 8 -p no:cacheprovider \
+        >"$out/tests.log" 2>&1
+    rc=$?
+    tail -n 25 "$out/tests.log"
+    echo "triton suite on the GPU: rc $rc, $(( $(date +%s) - t0 )) s"
+fi
+if [[ $steps == *" bench "* ]]; then
+    # shellcheck disable=SC2086
+    python3 bench/gpu_attention.py --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | grep -v "^(first call" \
+        || rc=1
+fi
+if [[ $steps == *" plans "* ]]; then
+    # shellcheck disable=SC2086
+    python3 bench/gpu_plans.py --out "$out" ${PLANS_ARGS:-} 2>&1 | tee "$out/plans.log" || rc=1
+fi
+exit $rc
