@@ -32,6 +32,9 @@ def cases():
         out[f"causal_d{d}"] = (ac.Attention(ac.causal()), Dims(B, H, N, N, d, d), {})
     out["sliding256"] = (ac.Attention(ac.sliding_window(256)), Dims(B, H, N, N, 64, 64), {})
     grid = (112, 112)
+    out["swin_shift0"] = (ac.Attention(ac.window2d(grid, (7, 7)), score_mods=ac.rel_pos_bias("rpb", (7, 7))),
+                          Dims(B, H, 12544, 12544, 64, 64), {"rpb": 0.02 * torch.randn(169, H)})
+    out["axial_rows"] = (ac.Attention(ac.axial(grid, 1)), Dims(B, H, 12544, 12544, 64, 64), {})
     out["swin_shift3"] = (ac.Attention(ac.window2d(grid, (7, 7), (3, 3)), score_mods=ac.rel_pos_bias("rpb", (7, 7))),
                           Dims(B, H, 12544, 12544, 64, 64), {"rpb": 0.02 * torch.randn(169, H)})
     out["neighborhood"] = (ac.Attention(ac.neighborhood2d(grid, (7, 7))), Dims(B, H, 12544, 12544, 64, 64), {})

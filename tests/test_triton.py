@@ -275,11 +275,19 @@ def test_check_gpu_exits_non_zero_when_a_kernel_does_not_fit(monkeypatch, capsys
 
 def test_default_gpu_plans_come_from_the_shared_memory_model():
     from attncc.ir.plan import FAST_MEMORY, shared_memory
+    want = {  # (block_m, block_n, warps, stages) for d <= 64, d = 128 (bench/results/gpu_plans.md for sm_90)
+        "sm_80": ((128, 64, 4, 3), (128, 64, 8, 3)),
+        "sm_90": ((64, 64, 4, 2), (128, 64, 4, 2)),
+    }
     for arch in ("sm_80", "sm_90"):
         for d, dtype in ((64, "float16"), (128, "bfloat16"), (256, "float16"), (256, "float32")):
             kern = ac.compile(ac.Attention(ac.causal()), backend="triton")
             p = kern.lower(Dims(1, 1, 4096, 4096, d, d), dtype, target=arch).program.groups[0].plan
             assert shared_memory(p, d, d, 4 if dtype == "float32" else 2) <= FAST_MEMORY[arch].bytes
-            assert p.num_warps == (4 if d <= 64 else 8)
             if d <= 128 and dtype != "float32":
-                assert (p.block_m, p.block_n, p.num_stages) == (128, 64, 3)
+                assert (p.block_m, p.block_n, p.num_warps, p.num_stages) == want[arch][d > 64]
+    # gathered sources with PARTIAL tiles (shifted windows) run 8 warps on sm_90, others 4
+    for shift, warps in ((3, 8), (0, 4)):
+        kern = ac.compile(ac.Attention(ac.window2d((56, 56), (7, 7), (shift, shift))), backend="triton")
+        grp = kern.lower(Dims(1, 1, 3136, 3136, 64, 64), "float16", target="sm_90").program.groups[0]
+        assert grp.gather.kind != "dense" and grp.plan.num_warps == warps

@@ -21,10 +21,17 @@ def _tile(extent, want):
 # tiles at N=4096, dense or banded (48-row tiles straddle a 64-key band edge: 15% slower on a
 # sliding window); one tile for ViT's 197 queries and keys, 6 x 16 register tiles there)
 DEFAULTS = {"tvm": dict(block_m=64, block_n=64, whole_keys=256, whole_queries=256, vector=16, unroll=6)}
-# Triton on NVIDIA GPUs: 128-query x 64-key tiles with K and V pipelined over 3 stages, 4 warps
-# (8 for head dims over 64); the shared-memory model (ir/plan.py) prunes what does not fit
+# Triton on NVIDIA GPUs; the shared-memory model (ir/plan.py) prunes what does not fit.
+# sm_80 (not measured yet): 128-query x 64-key tiles, K and V pipelined over 3 stages, 4 warps
+# (8 for head dims over 64). sm_90, from bench/gpu_plans.py on an H100 (fp16, B8 H16 N4096 and
+# 112x112 grids; bench/results/gpu_plans.md): 2 stages everywhere; 64 x 64 tiles and 4 warps
+# for head dims <= 64 (12% faster than 128 x 64 x 3 stages dense, 36% on a sliding window),
+# 128 x 64 and 4 warps above (19%); 8 warps for gathered sources with PARTIAL tiles (shifted
+# windows: 4 warps spill in the masked sweep, 8 are 1.5x faster; without PARTIAL tiles, Swin's
+# unshifted windows and axial lines, 8 warps are 1.1x and 1.5x slower)
 DEFAULTS["sm_80"] = dict(block_m=128, block_n=64, num_warps=4, wide_warps=8, num_stages=3)
-DEFAULTS["sm_90"] = dict(block_m=128, block_n=64, num_warps=4, wide_warps=8, num_stages=3)
+DEFAULTS["sm_90"] = dict(block_m=64, wide_block_m=128, block_n=64, num_warps=4, wide_warps=4, partial_warps=8,
+                         num_stages=2)
 # linear attention's key chunk when no chunk needs the quadratic form
 LINEAR_WHOLE_KEYS = 256
 # bytes per element of the tiles a GPU kernel stages, by input dtype (CPU kernels work in fp32)
@@ -41,7 +48,8 @@ def default_plan(grp, dims, target, elem_bytes=4, linear=False):
     bn = want.get("block_n", DEFAULT_TILE)
     if gat.Lk <= want.get("whole_keys", 0) or gat.per_query:      # a query's own keys are one tile
         bn = -(-gat.Lk // atom(gat.Lk)) * atom(gat.Lk)
-    bm = want.get("block_m", DEFAULT_TILE)
+    wide = max(dims.d, dims.dv) > 64
+    bm = want.get("wide_block_m" if wide else "block_m", want.get("block_m", DEFAULT_TILE))
     if gat.Lq <= want.get("whole_queries", 0):         # a short query extent is one tile (less padding)
         bm = -(-gat.Lq // atom(gat.Lq)) * atom(gat.Lq)
     if linear:
@@ -59,8 +67,7 @@ def default_plan(grp, dims, target, elem_bytes=4, linear=False):
         plan = plan.replace(vector=want["vector"] if plan.block_n >= 64 else 8,
                             unroll=mr if -plan.block_m % mr <= plan.block_m // 100 else 4)
     if "num_warps" in want:
-        plan = plan.replace(num_warps=want["wide_warps"] if max(dims.d, dims.dv) > 64 else want["num_warps"],
-                            num_stages=want["num_stages"])
+        plan = plan.replace(num_warps=want["wide_warps"] if wide else want["num_warps"], num_stages=want["num_stages"])
     aq, ak = atom(gat.Lq), atom(gat.Lk)
     while not fits(plan, dims.d, dims.dv, target, elem_bytes):
         if plan.block_n > ak:
@@ -72,6 +79,9 @@ def default_plan(grp, dims, target, elem_bytes=4, linear=False):
         else:
             raise ValueError(f"no tile of head dims d={dims.d}, dv={dims.dv} fits {FAST_MEMORY[target].name} "
                              f"({FAST_MEMORY[target].bytes} bytes) for target {target!r}")
+    if "partial_warps" in want and gat.kind != "dense":
+        if (grp.blocks.coarsen(plan.block_m, plan.block_n) == PARTIAL).any():
+            plan = plan.replace(num_warps=want["partial_warps"])
     return plan
 
 
