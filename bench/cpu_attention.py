@@ -243,6 +243,29 @@ def agreement(ours, theirs, to_ours):
     return (ours - to_ours(theirs)).abs().max().item()
 
 
+def compare(cases, only, time_calls, sync=None):
+    """Per case (key -> (label, flops, calls[, peer layouts])): the first calls (compiles,
+    outside the timing), then `time_calls(calls)`; yields (key, label, flops, attncc time,
+    peer, peer time, max abs diff to the peer or None) for every peer."""
+    for key, (label, flops, calls, *layout) in cases.items():
+        if only and key not in only:
+            continue
+        layout = layout[0] if layout else {}
+        first = {}
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            first[name] = fn()
+            if sync is not None:
+                sync()
+            print(f"(first call of {name} for {key}: {time.perf_counter() - t0:.1f} s)", flush=True)
+        t = time_calls(calls)
+        for peer, pt in t.items():
+            if peer != "attncc":
+                diff = None if peer in SPEED_ONLY else agreement(first["attncc"], first[peer],
+                                                                 layout.get(peer, lambda o: o))
+                yield key, label, flops, t["attncc"], peer, pt, diff
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -261,26 +284,12 @@ def main():
     emit("| case | attncc ms | peer | peer ms | speedup (peer / attncc) | attncc GFLOP/s | % of sgemm | "
          "max abs diff to peer |")
     emit("|---|---|---|---|---|---|---|---|")
-    for key, (label, flops, calls, *layout) in rows().items():
-        if args.only and key not in args.only:
-            continue
-        layout = layout[0] if layout else {}
-        first = {}
-        for name, fn in calls.items():                  # first calls: compiles, outside the timing
-            t0 = time.perf_counter()
-            first[name] = fn()
-            if name == "flex":
-                print(f"(FlexAttention compile + first call for {key}: {time.perf_counter() - t0:.1f} s)")
-        t = interleaved(calls, args.rounds)
-        for peer, pt in t.items():
-            if peer == "attncc":
-                continue
-            gf = flops / t["attncc"] / 1e9
-            diff = agreement(first["attncc"], first[peer], layout.get(peer, lambda o: o)) if peer not in SPEED_ONLY else None
-            emit(f"| {label} | {t['attncc'] * 1e3:.2f} | {peer} | {pt * 1e3:.2f} | {pt / t['attncc']:.2f}x | "
-                 f"{gf:.1f} | {100 * gf * 1e9 / sgemm:.0f}% | {'-' if diff is None else f'{diff:.1e}'} |")
-            results.append({"case": key, "label": label, "attncc_ms": t["attncc"] * 1e3, "peer": peer,
-                            "peer_ms": pt * 1e3, "speedup": pt / t["attncc"], "max_abs_diff": diff})
+    for key, label, flops, ta, peer, pt, diff in compare(rows(), args.only, lambda c: interleaved(c, args.rounds)):
+        gf = flops / ta / 1e9
+        emit(f"| {label} | {ta * 1e3:.2f} | {peer} | {pt * 1e3:.2f} | {pt / ta:.2f}x | "
+             f"{gf:.1f} | {100 * gf * 1e9 / sgemm:.0f}% | {'-' if diff is None else f'{diff:.1e}'} |")
+        results.append({"case": key, "label": label, "attncc_ms": ta * 1e3, "peer": peer,
+                        "peer_ms": pt * 1e3, "speedup": pt / ta, "max_abs_diff": diff})
     alone, after = torch_after_attncc()
     print(f"\ntorch SDPA (ViT-B shape) alone {alone * 1e3:.2f} ms, right after an attncc kernel {after * 1e3:.2f} ms "
           f"({after / alone:.2f}x)")

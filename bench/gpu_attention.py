@@ -173,27 +173,13 @@ def main():
 
     emit("| case | attncc ms | peer | peer ms | speedup (peer / attncc) | attncc TFLOP/s | max abs diff to peer |")
     emit("|---|---|---|---|---|---|---|")
-    for key, (label, flops, calls, *layout) in rows(args.smoke).items():
-        if args.only and key not in args.only:
-            continue
-        layout = layout[0] if layout else {}
-        first = {}
-        for name, fn in calls.items():                  # first calls: compiles, outside the timing
-            t0 = time.perf_counter()
-            first[name] = fn()
-            if DEV == "cuda":
-                torch.cuda.synchronize()
-            print(f"(first call of {name} for {key}: {time.perf_counter() - t0:.1f} s)", flush=True)
-        t = interleaved(calls, args.rounds)
-        for peer, pt in t.items():
-            if peer == "attncc":
-                continue
-            diff = (cpu.agreement(first["attncc"], first[peer], layout.get(peer, lambda o: o))
-                    if peer not in cpu.SPEED_ONLY else None)
-            emit(f"| {label} | {t['attncc']:.3f} | {peer} | {pt:.3f} | {pt / t['attncc']:.2f}x | "
-                 f"{flops / t['attncc'] / 1e9:.0f} | {'-' if diff is None else f'{diff:.1e}'} |")
-            results.append({"case": key, "label": label, "attncc_ms": t["attncc"], "peer": peer, "peer_ms": pt,
-                            "speedup": pt / t["attncc"], "max_abs_diff": diff})
+    sync = torch.cuda.synchronize if DEV == "cuda" else None
+    for key, label, flops, ta, peer, pt, diff in cpu.compare(rows(args.smoke), args.only,
+                                                              lambda c: interleaved(c, args.rounds), sync):
+        emit(f"| {label} | {ta:.3f} | {peer} | {pt:.3f} | {pt / ta:.2f}x | "
+             f"{flops / ta / 1e9:.0f} | {'-' if diff is None else f'{diff:.1e}'} |")
+        results.append({"case": key, "label": label, "attncc_ms": ta, "peer": peer, "peer_ms": pt,
+                        "speedup": pt / ta, "max_abs_diff": diff})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_attention.json").write_text(json.dumps({"device": dev, "torch": torch.__version__,

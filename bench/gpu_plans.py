@@ -15,7 +15,7 @@ import torch
 
 import attncc as ac
 from attncc.codegen.triton.backend import TritonProgram
-from attncc.ir.plan import TilePlan, fits
+from attncc.ir.plan import fits
 from attncc.ir.program import Dims
 from attncc.passes.pipeline import lower
 from attncc.runtime.kernel import triton_target

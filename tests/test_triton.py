@@ -257,7 +257,7 @@ def test_check_gpu_compiles_a_subset_for_both_arches(arch, tmp_path):
                           "--head-dim", "64", "--only", "softcap_causal", "swin_shifted", "biformer_routing",
                           "--jobs", "2"], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    rows = [ln for ln in res.stdout.splitlines() if ln.startswith(f"| ") and f"| {arch} |" in ln]
+    rows = [ln for ln in res.stdout.splitlines() if ln.startswith("| ") and f"| {arch} |" in ln]
     assert len(rows) == 4 and not any("FAILED" in ln for ln in rows)
     assert "not compiled (unsupported by the Triton backend): biformer_routing" in res.stdout
     assert "4 of 4 kernels compiled and fit; 0 failed" in res.stdout
