@@ -45,8 +45,10 @@ def test_unknown_backend():
 
 
 @pytest.mark.parametrize("spec, why", [
-    (ac.Attention(ac.routing((4, 4), (2, 2), 1)), "backend='tvm' does not generate content-dependent routing yet"),
-], ids=["routing"])
+    (ac.Attention(ac.routing((4, 4), (2, 2), 1) & ac.causal()),
+     "backend='tvm' generates routing alone (with any score or post modifiers), not routing composed with other "
+     "patterns or per head; use backend='reference'"),
+], ids=["routing_and_causal"])
 def test_tvm_backend_refuses_what_it_cannot_generate(spec, why):
     q = torch.randn(1, 1, 16, 8)
     with pytest.raises(NotImplementedError, match=re.escape(why)):

@@ -23,7 +23,9 @@ from test_reference import CASES
 
 
 def tvm_can(spec):
-    return not any(isinstance(p, P.Routing) for p in spec.pattern.leaves())
+    """Routing is generated alone (with modifiers); composed with other patterns it is not."""
+    routed = any(isinstance(p, P.Routing) for p in spec.pattern.leaves())
+    return not routed or (isinstance(spec.pattern, P.Routing) and not isinstance(spec.normalizer, type(ac.linear())))
 
 
 TVM_CASES = sorted(n for n, (spec, _, _) in CASES.items() if tvm_can(spec))
@@ -51,6 +53,37 @@ def test_tvm_random_specs_match_dense_oracle(case, dtype):
     assume(tvm_can(spec))
     q, k, v = make_inputs(dims, dtype)
     check_against_oracle(spec, q, k, v, tensors, backend="tvm")
+
+
+@pytest.mark.parametrize("grid, regions, topk, dims", [
+    ((56, 56), (7, 7), 1, Dims(1, 2, 3136, 3136, 32, 32)),       # BiFormer-T's stage shapes (batch 1, 2 heads)
+    ((28, 28), (7, 7), 4, Dims(1, 2, 784, 784, 32, 32)),
+    ((14, 14), (7, 7), 16, Dims(2, 2, 196, 196, 32, 32)),
+    ((6, 10), (3, 2), 5, Dims(2, 3, 60, 60, 16, 24)),            # regions of 2 x 5 tokens, dv != d
+])
+def test_tvm_routing_matches_the_oracle_at_biformer_shapes(grid, regions, topk, dims):
+    spec = ac.Attention(ac.routing(grid, regions, topk), score_mods=ac.softcap(20.0))
+    q, k, v = make_inputs(dims)
+    check_against_oracle(spec, q, k, v, backend="tvm")
+
+
+def test_tvm_routing_reads_routed_regions_through_the_kernels_own_table():
+    """The prologue writes route_idx inside the kernel; K is packed once per region (no
+    topk-fold copy) and every key tile is read through route_idx; the table equals the
+    reference routing's top-k set."""
+    from attncc.reference.routing import routing_tables
+    spec = ac.Attention(ac.routing((8, 8), (4, 4), 3))
+    kern = ac.compile(spec, backend="tvm")
+    q, k, v = make_inputs(Dims(2, 2, 64, 64, 16, 16))
+    kern(q, k, v)
+    comp = next(iter(kern._compiled.values()))
+    src = comp.source
+    assert "route_idx[bs // 16, bs % 16, kk] = best[0]" in src and "rsel = route_idx[b, g, kb]" in src
+    assert "kpk = T.alloc_buffer((2, 2, 16, 1, 16, 8)" in src     # [B, H, regions, 1, d, 4 tokens padded to 8]
+    assert "kpk[b, hh, rsel, 0, dd" in src and "v[b, h, ktk[rsel, 0, c]" in src
+    low = kern.lower(Dims(2, 2, 64, 64, 16, 16)).program
+    want = routing_tables(low.prologues[0], q, k, low.scale, ("m", "i"))["i"]
+    assert torch.equal(comp.route_idx.long().sort(-1).values, want.sort(-1).values)
 
 
 def test_tvm_gradients_recompute_through_the_reference():

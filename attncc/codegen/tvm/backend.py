@@ -8,7 +8,22 @@ from .build import compile_source
 from .linear import generate_linear
 from .per_query import generate_per_query
 from ..tiles import tile_tables
-from .source import generate, group_shape
+from .routing import route_of, routed_tables
+from .source import GroupShape, generate, group_shape
+
+
+def routed_shape(prog, grp, route):
+    """The static sizes of the routed kernel: query tiles of a region's tokens (at most the
+    plan's block_m), one key tile per routed region."""
+    d, plan = prog.dims, grp.plan
+    n = route.tokens
+    bm = min(plan.block_m, n)
+    nq = -(-n // bm)
+    MR, VW = plan.unroll, (plan.vector if n >= 64 else 8)
+    return GroupShape(B=d.B, H=d.H, N=d.N, M=d.M, D=d.d, DV=d.dv, HG=len(grp.heads), G=route.count, LQ=n,
+                      LK=route.topk * n, BM=bm, BN=n, NQ=nq, NK=route.topk, KMAX=route.topk, AQ=bm, AK=n, NQA=nq,
+                      NKA=route.topk, MR=MR, VW=VW, BMP=-(-bm // MR) * MR, BNP=-(-n // max(VW, 8)) * max(VW, 8),
+                      DVP=-(-d.dv // 8) * 8)
 
 
 class Unsupported(NotImplementedError):
@@ -16,10 +31,13 @@ class Unsupported(NotImplementedError):
 
 
 def check(prog):
-    if prog.prologues:
-        raise Unsupported("backend='tvm' does not generate content-dependent routing yet (it arrives with the "
-                          "routing issue); use backend='reference'")
-    for grp in prog.groups:
+    route, why = route_of(prog)
+    if why:
+        raise Unsupported(why)
+    if route is not None and prog.norm.kind == "linear":
+        raise Unsupported("backend='tvm' does not generate linear attention over routed regions; use "
+                          "backend='reference'")
+    for grp in prog.groups if route is None else ():
         assert S.b not in S.free_index_symbols(grp.gather.k_token), "static key maps do not depend on the batch"
         assert not grp.gather.per_query or grp.plan.block_n >= grp.gather.Lk, "per-query keys are one tile"
 
@@ -56,7 +74,16 @@ class TVMProgram:
         stats = stats or self.prog.norm.kind != "sigmoid"
         if stats not in self.variants:
             groups = []
+            route, _ = route_of(self.prog)
             for grp in self.prog.groups:
+                if route is not None:
+                    shape = routed_shape(self.prog, grp, route)
+                    cnt, lst, cls, acls = routed_tables(route, shape.BM)
+                    src = generate(self.prog, grp, shape, self.meta, self.skip, stats, route=route)
+                    comp = compile_source(src, [])
+                    args = [torch.tensor(grp.heads, dtype=torch.int32), *(torch.from_numpy(x) for x in (cnt, lst, cls, acls))]
+                    groups.append((comp, args))
+                    continue
                 cnt, lst, cls = tile_tables(grp)
                 shape = group_shape(self.prog, grp, lst.shape[-1])
                 if self.prog.norm.kind == "linear":
@@ -86,7 +113,12 @@ class TVMProgram:
         o = torch.empty(B, H, N, v.shape[-1], dtype=torch.float32)
         lse = torch.empty(B, H, N, dtype=torch.float32)
         tabs = [as_table(tensors[n]) if n in tensors else self.consts[n] for n in self.names]
+        route, _ = route_of(self.prog)
+        extra = []
+        if route is not None:           # the kernel's routing prologue writes it (return_routing)
+            self.route_idx = torch.empty(B, route.count, route.topk, dtype=torch.int32)
+            extra = [self.route_idx]
         for comp, args in self.kernels(return_lse):
-            comp.fn(qf, kf, vf, o, lse, *args, *tabs)
+            comp.fn(qf, kf, vf, o, lse, *args, *extra, *tabs)
         o = o.to(q.dtype)
         return (o, lse) if return_lse else o

@@ -10,25 +10,26 @@ def value_lanes(dv):
     return next(p for p in (16, 8, 4, 2, 1) if dv % p == 0)
 
 
-def mask(w, sh, pair_ok, skip=()):
+def mask(w, sh, pair_ok, skip=(), kslot="g, kb"):
     """Masked scores of the current key tile in s become NEG: pairs of PARTIAL tiles by the
-    residual, and every tile's padding keys (past the extent, or past block_n)."""
+    residual, and every tile's padding keys (past the extent, or past block_n). `kslot`: the
+    indices of the key tile in the per-tile tables (ktk, kokp, kpk)."""
     w(f"for r in range({0 if 'mask' in skip else sh.BMP}):")
     with w.block():
         w(f"if cls == {PARTIAL}:")
         with w.block():
-            _mask_partial_row(w, sh, pair_ok)
+            _mask_partial_row(w, sh, pair_ok, kslot)
         w(f"for c in range(T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0), {sh.BNP}):")
         with w.block():
             w("s[r, c] = T.float32(NEG)")
 
 
-def pv(w, sh, skip=(), atoms=False):
+def pv(w, sh, skip=(), atoms=False, kslot="g, kb"):
     """acc += s V over the current key tile, register tile MR x PW. atoms: on PARTIAL tiles,
     key atoms that are EMPTY for the row group are skipped (their weights are 0)."""
     MR, PW = sh.MR, value_lanes(sh.DV)
     end = f"T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0)"      # the tile's keys inside the extent
-    vrow = f"v[b, h, ktk[g, kb, c], jg * {PW} + ci]"
+    vrow = f"v[b, h, ktk[{kslot}, c], jg * {PW} + ci]"
 
     def micro():
         tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci] + "
@@ -72,7 +73,7 @@ def _atom_class(sh, row, col):
             f"T.min(T.floordiv(kb * {sh.BN} + {col}, {sh.AK}), {sh.NKA - 1})]")
 
 
-def qk(w, sh, skip=(), epilogue=None, atoms=False):
+def qk(w, sh, skip=(), epilogue=None, atoms=False, kslot="g, kb"):
     """S = Q K^T into s, register tile MR x VW; `epilogue` (a statement on the tile's cells)
     runs on the registers before they are stored. atoms: on PARTIAL tiles, register tiles in
     EMPTY atoms are not computed (the mask fills them)."""
@@ -89,20 +90,20 @@ def qk(w, sh, skip=(), epilogue=None, atoms=False):
             w(f"for dd in range({sh.D}):")
             with w.block():
                 tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = s[rg * {MR} + ri, cg * {VW} + ci] + "
-                                      f"qs[rg * {MR} + ri, dd] * kpk[b, hh, g, kb, dd, cg * {VW} + ci]")
+                                      f"qs[rg * {MR} + ri, dd] * kpk[b, hh, {kslot}, dd, cg * {VW} + ci]")
             if epilogue:
                 tile_loop(w, MR, VW, epilogue)
             if atoms:
                 w.depth -= 1
 
 
-def _mask_partial_row(w, sh, pair_ok):
+def _mask_partial_row(w, sh, pair_ok, kslot):
     """Row r of a PARTIAL tile. A tile made of several atoms looks each atom's class up once
     per row: FULL atoms stay, EMPTY atoms are masked whole, and only PARTIAL atoms evaluate
     the residual mask per pair (simplify_masks' contract: it is exact there)."""
     def pairs():
         w(f"u = kb * {sh.BN} + c")
-        w(f"s[r, c] = T.Select(T.And(kokp[g, kb, c] > T.float32(0), {pair_ok}), s[r, c], T.float32(NEG))")
+        w(f"s[r, c] = T.Select(T.And(kokp[{kslot}, c] > T.float32(0), {pair_ok}), s[r, c], T.float32(NEG))")
     w(f"t = qi * {sh.BM} + r")
     if sh.BM == sh.AQ and sh.BN == sh.AK:        # the tile is one atom
         w(f"for c in range({sh.BN}):")

@@ -18,6 +18,7 @@ from ...ir import symbols as S
 from ...ir.program import FULL
 from ..hoist import Hoister
 from .microkernel import mask, pv, qk, skips_atoms
+from .routing import prologue_and_pack, route_param
 from .printer import TIRPrinter
 
 
@@ -88,16 +89,19 @@ class _Writer:
 PHASES = ("qk", "mask", "softmax", "pv")
 
 
-def generate(prog, grp, shape, tables, skip=(), stats=True):
+def generate(prog, grp, shape, tables, skip=(), stats=True, route=None):
     """TVMScript source defining `build()` -> PrimFunc for one head group.
     `tables`: name -> (shape, kind, tir dtype) of the tensors the expressions read.
     `skip`: phases of PHASES left out, for profiling only (bench/tvm_phases.py): the result
     is then wrong by construction. `stats=False` (sigmoid without return_lse) skips the
-    row statistics that only the log-sum-exp needs."""
-    sh, gat, norm = shape, grp.gather, prog.norm
+    row statistics that only the log-sum-exp needs. `route` (a routing.Route): the gather is
+    the routed one (groups are query regions, key tile kk is the kk-th routed region, read
+    through the route_idx table the kernel's prologue writes)."""
+    sh, gat, norm = shape, (route.gather() if route else grp.gather), prog.norm
+    ks = "rsel, 0" if route else "g, kb"         # the key tile's slot in ktk, kokp, kpk
     P = TIRPrinter({S.g: ("g", "int"), S.t: ("t", "int"), S.u: ("u", "int"), S.b: ("b", "int"),
                     S.h: ("h", "int")}, {n: (s, k) for n, (s, k, _) in tables.items()})
-    Pq = TIRPrinter({**P.names, S.i: ("qtok[r]", "int"), S.j: ("ktk[g, kb, c]", "int"), S.score: ("s[r, c]", "float"),
+    Pq = TIRPrinter({**P.names, S.i: ("qtok[r]", "int"), S.j: (f"ktk[{ks}, c]", "int"), S.score: ("s[r, c]", "float"),
                      S.weight: ("s[r, c]", "float")}, P.tables)
     two_pass = norm.kind == "softmax" and bool(prog.post)
     # per-pair expressions with their row-only and column-only parts hoisted out
@@ -106,7 +110,7 @@ def generate(prog, grp, shape, tables, skip=(), stats=True):
     post = hoist(_post_chain(prog))
     res = hoist(grp.residual) if grp.residual is not None else None
     row_names = {S.t: ("t", "int"), S.i: ("qtok[r]", "int")}
-    col_names = {S.u: ("u", "int"), S.j: ("ktk[g, kb, c]", "int")}
+    col_names = {S.u: ("u", "int"), S.j: (f"ktk[{ks}, c]", "int")}
     hoisted = []
     for table, buf, idx, names in ((hoist.rows, "hrow", "r", row_names), (hoist.cols, "hcol", "c", col_names)):
         for e, sym in table.items():
@@ -116,8 +120,11 @@ def generate(prog, grp, shape, tables, skip=(), stats=True):
             hoisted.append((buf, sym, TIRPrinter.cast(text, pr.p(e)[1], kind), kind))
             P.names[sym] = Pq.names[sym] = (f"{sym}[{idx}]", kind)
     pair_ok = P(res, "bool") if res is not None else "T.bool(True)"
-    w = open_kernel(sh, tables, "the IR")
-    _pack(w, sh, P, gat)
+    w = open_kernel(sh, tables, "the IR", [route_param(sh, route)] if route else [])
+    if route:
+        prologue_and_pack(w, sh, route, prog.dims.H)
+    else:
+        _pack(w, sh, P, gat)
     items = sh.B * sh.HG * sh.G * sh.NQ
     chunk = _chunk(items)
     # a task runs `chunk` consecutive (batch, head, group, query tile) items, so its
@@ -152,7 +159,7 @@ def generate(prog, grp, shape, tables, skip=(), stats=True):
             w("mx[r] = T.float32(NEG)")
             w("sm[r] = T.float32(0)")
         for pass_ in ((1, 2) if two_pass else (0,)):
-            _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, set(skip), stats)
+            _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, set(skip), stats, ks)
         # ---- epilogue: write through the query map
         w(f"for r in range({sh.BM}):")
         with w.block():
@@ -171,9 +178,9 @@ def generate(prog, grp, shape, tables, skip=(), stats=True):
     return close_kernel(w)
 
 
-def kernel_params(sh, tables):
-    """The generated kernel's parameters: q, k, v, o, lse, the head list, the tile tables and
-    the tensors the expressions read."""
+def kernel_params(sh, tables, extra=()):
+    """The generated kernel's parameters: q, k, v, o, lse, the head list, the tile tables,
+    `extra` (the routing table) and the tensors the expressions read."""
     params = [f"q: T.Buffer(({sh.B}, {sh.H}, {sh.N}, {sh.D}), \"float32\")",
               f"k: T.Buffer(({sh.B}, {sh.H}, {sh.M}, {sh.D}), \"float32\")",
               f"v: T.Buffer(({sh.B}, {sh.H}, {sh.M}, {sh.DV}), \"float32\")",
@@ -184,10 +191,10 @@ def kernel_params(sh, tables):
               f"tlist: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
               f"tcls: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
               f"acls: T.Buffer(({sh.G}, {sh.NQA}, {sh.NKA}), \"int32\")"]
-    return params + [f"{n}: T.Buffer({tuple(s)}, \"{dt}\")" for n, (s, _, dt) in tables.items()]
+    return params + list(extra) + [f"{n}: T.Buffer({tuple(s)}, \"{dt}\")" for n, (s, _, dt) in tables.items()]
 
 
-def open_kernel(sh, tables, what):
+def open_kernel(sh, tables, what, extra=()):
     """A writer holding the generated module's header, positioned in the body of main()."""
     w = _Writer()
     w(f"# generated by attncc from {what}; do not edit")
@@ -198,7 +205,7 @@ def open_kernel(sh, tables, what):
     w("def build():")
     w.depth += 1
     w("@T.prim_func")
-    w("def main(" + ", ".join(kernel_params(sh, tables)) + "):")
+    w("def main(" + ", ".join(kernel_params(sh, tables, extra)) + "):")
     w.depth += 1
     w('T.func_attr({"global_symbol": "main", "tirx.noalias": True})')
     return w
@@ -288,7 +295,7 @@ def _post_chain(prog):
     return chain
 
 
-def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, stats):
+def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, stats, ks):
     """One sweep over the task's key tiles. pass_ 0: the only pass; 1: statistics only;
     2: weights from the final statistics, post modifiers, PV."""
     norm = prog.norm
@@ -296,14 +303,16 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
     def weight(wexpr, col):
         """The post-modified weight as text, with the weight and key token of column `col`
         inlined (TVM miscompiles let-bindings inside vectorized loops: no lets there)."""
-        names = {**Pq.names, S.weight: (wexpr, "float"), S.j: (f"ktk[g, kb, {col}]", "int")}
+        names = {**Pq.names, S.weight: (wexpr, "float"), S.j: (f"ktk[{ks}, {col}]", "int")}
         names.update({sym: (f"{sym}[{col}]", k) for buf, sym, _, k in hoisted if buf == "hcol"})
         return TIRPrinter(names, Pq.tables)(post, "float")
-    atoms = skips_atoms(sh, grp)
+    atoms = ks == "g, kb" and skips_atoms(sh, grp)      # routed tiles are whole regions: no atoms
     w("for kk in range(tcnt[g, qi]):")
     with w.block():
         w("kb = tlist[g, qi, kk]")
         w("cls = tcls[g, qi, kk]")
+        if ks != "g, kb":
+            w("rsel = route_idx[b, g, kb]")
         cols = [(sym, text) for buf, sym, text, _ in hoisted if buf == "hcol"]
         if cols:
             w(f"for c in range({sh.BNP}):")
@@ -319,11 +328,12 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
             w(f"if cls == {FULL}:")
             with w.block():
                 cell = f"s[rg * {sh.MR} + ri, cg * {sh.VW} + ci]"
-                qk(w, sh, skip, f"{cell} = T.Select(cg * {sh.VW} + ci < T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), "
-                                 f"{_sigmoid(norm, cell)}, T.float32(0))")
+                qk(w, sh, skip, kslot=ks,
+                   epilogue=f"{cell} = T.Select(cg * {sh.VW} + ci < T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), "
+                            f"{_sigmoid(norm, cell)}, T.float32(0))")
             w("else:")
             w.depth += 1
-        qk(w, sh, skip, atoms=atoms)
+        qk(w, sh, skip, atoms=atoms, kslot=ks)
         # score modifiers, then the mask (partial tiles evaluate the residual)
         if prog.score != S.score:
             w(f"for r in range({sh.BMP}):")
@@ -331,7 +341,7 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
                 w(f"for c in range({sh.BNP}):")
                 with w.block():
                     w(f"s[r, c] = {Pq(score, 'float')}")
-        mask(w, sh, pair_ok, skip)
+        mask(w, sh, pair_ok, skip, ks)
         # normalizer, row by row (8 lanes)
         w(f"for r in range({0 if 'softmax' in skip else sh.BMP}):")
         with w.block():
@@ -386,7 +396,7 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
             w.depth -= 1
         if pass_ == 1:
             return
-        pv(w, sh, skip, atoms=atoms)
+        pv(w, sh, skip, atoms=atoms, kslot=ks)
 
 
 def _sigmoid(norm, x):

@@ -1,0 +1,150 @@
+"""Bi-level routing (BiFormer) in the generated CPU kernel: the routing prologue and the
+routed key source.
+
+The prologue runs inside the kernel, before the attention: region sums of q and k over all
+heads (the means up to the positive factor 1 / tokens, which changes no ranking), their
+affinity, and the top-k regions per query region by repeated arg-max; it writes the index
+table ridx [B, S^2, topk] (returned by `return_routing=True`). K is then packed transposed
+once per (batch, head, region), the same single copy as the dense kernel's pack: no
+topk-fold gathered K or V. The attention's gather groups are the query regions; key tile kk
+of a group is its kk-th routed region, read in place through ridx (kpk for K, the region's
+token map for V rows).
+"""
+from dataclasses import dataclass
+
+import sympy
+
+from ...ir import symbols as S
+from ...ir.program import FULL, Gather
+from ...dsl.patterns import ROUTE_IDX
+from .printer import TIRPrinter
+
+
+@dataclass(frozen=True)
+class Route:
+    """The routing prologue's static parameters."""
+    grid: tuple
+    regions: tuple
+    topk: int
+
+    @property
+    def count(self):
+        return self.regions[0] * self.regions[1]
+
+    @property
+    def tokens(self):
+        """Tokens per region."""
+        return (self.grid[0] // self.regions[0]) * (self.grid[1] // self.regions[1])
+
+    def token(self, reg, c):
+        """The token of local index c of region reg (row-major inside the region)."""
+        (R, C), (Sr, Sc) = self.grid, self.regions
+        rh, rw = R // Sr, C // Sc
+        return (S.fdiv(reg, Sc) * rh + S.fdiv(c, rw)) * C + sympy.Mod(reg, Sc) * rw + sympy.Mod(c, rw)
+
+    def gather(self):
+        """The attention's gather: one group per query region, its routed regions as keys."""
+        return Gather(kind="routed", G=self.count, Lq=self.tokens, Lk=self.topk * self.tokens,
+                      q_token=self.token(S.g, S.t), q_valid=sympy.true, k_token=S.u, k_valid=sympy.true)
+
+
+def route_of(prog):
+    """The Route of a Program whose single head group is routing alone, else None with the
+    reason (routing composed with other patterns runs on the reference)."""
+    if not prog.prologues:
+        return None, None
+    pro = prog.prologues[0]
+    if len(prog.groups) != 1 or [p.kind for p in prog.groups[0].preds] != ["routing"]:
+        return None, ("backend='tvm' generates routing alone (with any score or post modifiers), not routing "
+                      "composed with other patterns or per head; use backend='reference' for that composition")
+    return Route(pro.param("grid"), pro.param("regions"), pro.param("topk")), None
+
+
+def routed_tables(route, block_m):
+    """Tile tables of the routed gather: every query tile visits its topk regions (FULL)."""
+    import numpy as np
+    nq = -(-route.tokens // block_m)
+    cnt = np.full((route.count, nq), route.topk, np.int32)
+    lst = np.broadcast_to(np.arange(route.topk, dtype=np.int32), (route.count, nq, route.topk)).copy()
+    cls = np.full((route.count, nq, route.topk), FULL, np.int32)
+    acls = np.full((route.count, nq, route.topk), FULL, np.int32)
+    return cnt, lst, cls, acls
+
+
+def route_param(sh, route):
+    return f"{ROUTE_IDX[2:]}: T.Buffer(({sh.B}, {route.count}, {route.topk}), \"int32\")"
+
+
+REG, COL = sympy.Symbol("reg", integer=True, nonnegative=True), sympy.Symbol("c", integer=True, nonnegative=True)
+
+
+def prologue_and_pack(w, sh, route, heads):
+    """The routing prologue (writes route_idx) and K packed per (batch, head, region)."""
+    S2, W, nt = route.count, heads * sh.D, route.tokens
+    ridx = ROUTE_IDX[2:]
+    # no let-bound indices in these loops: TVM 0.27 then fails to lower them ("Buffer b is used
+    # before its definition", seen here and in the linear kernel); the indices are inlined
+    bb, reg = f"bs // {S2}", f"bs % {S2}"
+    tok = TIRPrinter({REG: (f"({reg})", "int"), COL: ("c", "int")}, {})(route.token(REG, COL), "int")
+    w(f"qm = T.alloc_buffer(({sh.B}, {S2}, {W}), \"float32\")")
+    w(f"km = T.alloc_buffer(({sh.B}, {S2}, {W}), \"float32\")")
+    w(f"for bs in T.parallel({sh.B * S2}):")
+    with w.block():
+        w(f"for j in range({W}):")
+        with w.block():
+            w(f"qm[{bb}, {reg}, j] = T.float32(0)")
+            w(f"km[{bb}, {reg}, j] = T.float32(0)")
+        w(f"for c in range({nt}):")
+        with w.block():
+            w(f"for hx in range({heads}):")
+            with w.block():
+                w(f"for j in T.vectorized({sh.D}):")
+                with w.block():
+                    for m, x in (("qm", "q"), ("km", "k")):
+                        cell = f"{m}[{bb}, {reg}, hx * {sh.D} + j]"
+                        w(f"{cell} = {cell} + {x}[{bb}, hx, {tok}, j]")
+    w(f"aff = T.alloc_buffer(({sh.B}, {S2}, {S2}), \"float32\")")
+    w(f"for bs in T.parallel({sh.B * S2}):")
+    with w.block():
+        w("best = T.alloc_buffer((1,), \"int32\", scope=\"local\")")
+        w("top = T.alloc_buffer((1,), \"float32\", scope=\"local\")")
+        w(f"for r2 in range({S2}):")
+        with w.block():
+            w(f"aff[{bb}, {reg}, r2] = T.float32(0)")
+            w(f"for j in range({W}):")
+            with w.block():
+                w(f"aff[{bb}, {reg}, r2] = aff[{bb}, {reg}, r2] + qm[{bb}, {reg}, j] * km[{bb}, r2, j]")
+        w(f"for kk in range({route.topk}):")
+        with w.block():
+            w("best[0] = 0")
+            w("top[0] = T.float32(-3.0e38)")
+            w(f"for r2 in range({S2}):")
+            with w.block():
+                w(f"if aff[{bb}, {reg}, r2] > top[0]:")
+                with w.block():
+                    w(f"top[0] = aff[{bb}, {reg}, r2]")
+                    w("best[0] = r2")
+            w(f"{ridx}[{bb}, {reg}, kk] = best[0]")
+            w(f"aff[{bb}, {reg}, best[0]] = T.float32(-3.4e38)")       # taken: below every real affinity
+    tok = TIRPrinter({REG: ("reg", "int"), COL: ("c", "int")}, {})(route.token(REG, COL), "int")
+    # the key map and K, per region (one transposed copy of K, as in the dense kernel)
+    w(f"ktk = T.alloc_buffer(({S2}, 1, {sh.BNP}), \"int32\")")
+    w(f"kokp = T.alloc_buffer(({S2}, 1, {sh.BNP}), \"float32\")")
+    w(f"for reg in T.parallel({S2}):")
+    with w.block():
+        w(f"for c in range({sh.BNP}):")
+        with w.block():
+            w(f"kokp[reg, 0, c] = T.Select(c < {nt}, T.float32(1), T.float32(0))")
+            w(f"ktk[reg, 0, c] = T.Select(c < {nt}, {tok}, 0)")
+    w(f"kpk = T.alloc_buffer(({sh.B}, {sh.HG}, {S2}, 1, {sh.D}, {sh.BNP}), \"float32\")")
+    w(f"for task in T.parallel({sh.B * sh.HG * S2}):")
+    with w.block():
+        w(f"b = task // {sh.HG * S2}")
+        w(f"hh = task // {S2} % {sh.HG}")
+        w(f"reg = task % {S2}")
+        w("h = heads[hh]")
+        w(f"for c in range({sh.BNP}):")
+        with w.block():
+            w(f"for j in range({sh.D}):")
+            with w.block():
+                w("kpk[b, hh, reg, 0, j, c] = k[b, h, ktk[reg, 0, c], j] * kokp[reg, 0, c]")
