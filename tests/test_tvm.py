@@ -86,6 +86,20 @@ def test_tvm_routing_reads_routed_regions_through_the_kernels_own_table():
     assert torch.equal(comp.route_idx.long().sort(-1).values, want.sort(-1).values)
 
 
+def test_return_routing_gives_the_routed_regions_on_every_backend():
+    spec = ac.Attention(ac.routing((8, 8), (2, 4), 3))
+    q, k, v = make_inputs(Dims(2, 2, 64, 64, 16, 16))
+    tables = []
+    for backend in ("tvm", "reference"):
+        out, lse, idx = ac.compile(spec, backend=backend)(q, k, v, return_lse=True, return_routing=True)
+        assert out.shape == (2, 2, 64, 16) and lse.shape == (2, 2, 64) and idx.shape == (2, 8, 3)
+        assert idx.dtype == torch.int64 and not idx.requires_grad
+        tables.append(idx.sort(-1).values)
+    assert torch.equal(*tables)
+    with pytest.raises(ValueError, match=r"return_routing=True needs a spec with ac.routing\(...\)"):
+        ac.compile(ac.Attention(), backend="tvm")(q, k, v, return_routing=True)
+
+
 def test_tvm_gradients_recompute_through_the_reference():
     spec = ac.Attention(ac.window2d((8, 8), (4, 4), (2, 2)), score_mods=ac.rel_pos_bias("rpb", (4, 4)))
     q, k, v = (x.requires_grad_() for x in make_inputs(Dims(1, 2, 64, 64, 16, 16)))

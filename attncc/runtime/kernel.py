@@ -140,7 +140,9 @@ class Kernel:
     def _target(self):
         return "sm_80" if self.backend == "triton" else self.backend
 
-    def __call__(self, q, k, v, return_lse=False, **tensors):
+    def __call__(self, q, k, v, return_lse=False, return_routing=False, **tensors):
+        if return_routing:
+            return self._with_routing(q, k, v, return_lse, tensors)
         if torch.compiler.is_compiling():       # one opaque op in the traced graph (custom_op.py)
             return custom_op.call(self._op_ref, q, k, v, tensors, return_lse)
         dims, dtype = check_call(self.spec, q, k, v, tensors, return_lse)
@@ -160,6 +162,30 @@ class Kernel:
                 return differentiable(comp, comp.prog, q, k, v, tensors, return_lse)
         low = self.lower(dims, dtype)
         return eager.run(low.program, q, k, v, tensors, return_lse=return_lse)
+
+    def _with_routing(self, q, k, v, return_lse, tensors):
+        """The call's results and the routing table [B, S^2, topk] (int64; the routed regions
+        of every query region, in no particular order): the one the TVM kernel's prologue
+        wrote, else the reference routing's. No gradient flows through it."""
+        from ..dsl.patterns import Routing
+        if not any(isinstance(p, Routing) for p in self.spec.pattern.leaves()):
+            raise ValueError(f"return_routing=True needs a spec with ac.routing(...); this one routes nothing "
+                             f"({self.spec.pattern!r}); drop return_routing")
+        if torch.compiler.is_compiling():
+            raise ValueError("return_routing=True is not traceable by torch.compile (the attention runs as one opaque "
+                             "op); call the kernel eagerly to inspect the routing")
+        out = self(q, k, v, return_lse=return_lse, **tensors)
+        dims, dtype = check_call(self.spec, q, k, v, tensors, return_lse)
+        comp = self._compiled.get((dims, dtype, tuple((n, tuple(x.shape), x.is_floating_point())
+                                                      for n, x in sorted(tensors.items()))))
+        idx = getattr(comp, "route_idx", None)
+        if idx is None or q.device.type != "cpu":
+            from ..reference.routing import routing_tables
+            prog = self.lower(dims, dtype).program
+            pro = prog.prologues[0]
+            idx = routing_tables(pro, q.float(), k.float(), prog.scale, pro.outputs)[pro.outputs[1]]
+        idx = idx.long()
+        return (*out, idx) if return_lse else (out, idx)
 
     def _run_triton(self, q, k, v, tensors, return_lse, dims, dtype):
         if q.device.type == "cpu":
