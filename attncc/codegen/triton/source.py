@@ -26,6 +26,7 @@ from ...ir.program import FULL, PARTIAL
 from ..hoist import Hoister
 # the tile tables are the IR's block classification coarsened to the plan: one definition,
 # shared with the TVM backend (it is pure numpy, it imports nothing of TVM)
+from ..routes import COL, REG
 from .printer import TritonPrinter
 
 NEG = -1.0e30          # the running max's start: finite, so masked scores (-inf) give exp(-inf - NEG) = 0
@@ -112,19 +113,20 @@ def post_chain(prog):
 KERNEL = "attncc_group"
 
 
-def kernel_params(tables):
-    """q, k, v, o, lse, the head list, the tile tables, the tensors the expressions read
-    (tab_<name>, so a user's tensor name never shadows a kernel variable), STATS."""
-    return ["q", "k", "v", "o", "lse", "heads", "tcnt", "tlist", "tcls", "acls",
+def kernel_params(tables, routed=False):
+    """q, k, v, o, lse, the head list, the tile tables, the routing table when routed, the
+    tensors the expressions read (tab_<name>, so a user's tensor name never shadows a kernel
+    variable), STATS."""
+    return ["q", "k", "v", "o", "lse", "heads", "tcnt", "tlist", "tcls", "acls", *(["route_idx"] if routed else []),
             *(p for p, _, _ in tables.values()), "STATS: tl.constexpr"]
 
 
-def generate(prog, grp, sh, tables):
+def generate(prog, grp, sh, tables, route=None):
     """Triton source defining `attncc_group(...)` (undecorated: the backend wraps it in a
     JITFunction, or the interpreter) for one head group.
 
     `tables`: IR name -> (param name, shape, kind) of the tensors the expressions read."""
-    gat, norm = grp.gather, prog.norm
+    gat, norm = (route.gather() if route else grp.gather), prog.norm
     dtype = TL_DTYPES[prog.dtype]
     # fp32 inputs: three tf32 products per product (fp32 accuracy on the tensor cores; plain
     # tf32 loses 10 bits, and "ieee" trips a layout assertion in Triton 3.6-3.9's LLVM lowering)
@@ -176,7 +178,7 @@ def generate(prog, grp, sh, tables):
     w("import triton.language as tl")
     w("")
     w("")
-    w(f"def {KERNEL}(" + ", ".join(kernel_params(tables)) + "):")
+    w(f"def {KERNEL}(" + ", ".join(kernel_params(tables, route is not None)) + "):")
     w.depth += 1
     w("pid = tl.program_id(0)")
     w(f"qi = pid % {sh.NQ}")
@@ -228,7 +230,13 @@ def generate(prog, grp, sh, tables):
             kmask = full_kok if full else f"(c < {sh.BN}) & (u < {sh.LK})" + _and(Pk, gat.k_valid)
             if kmask:
                 w(f"kok = {kmask}")
-            w(f"ktok = {Pk(gat.k_token, 'int')} + c * 0")
+            if route:
+                # the kk-th routed region of this query region, read through the routing table
+                w(f"rsel = tl.load(route_idx + (b * {route.count} + g) * {route.topk} + kb)")
+                ktok = TritonPrinter({REG: ("rsel", "int"), COL: ("c", "int")}, {})(route.token(REG, COL), "int")
+                w(f"ktok = {ktok} + c * 0")
+            else:
+                w(f"ktok = {Pk(gat.k_token, 'int')} + c * 0")
             w("u2 = u[None, :]")
             w("j2 = ktok[None, :]")
             w(f"kt = tl.load(k + plane * {sh.M * sh.D} + j2 * {sh.D} + dd[:, None]"

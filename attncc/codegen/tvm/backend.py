@@ -8,7 +8,7 @@ from .build import compile_source
 from .linear import generate_linear
 from .per_query import generate_per_query
 from ..tiles import tile_tables
-from .routing import route_of, routed_tables
+from ..routes import route_of, routed_tables
 from .source import GroupShape, generate, group_shape
 
 
@@ -31,7 +31,7 @@ class Unsupported(NotImplementedError):
 
 
 def check(prog):
-    route, why = route_of(prog)
+    route, why = route_of(prog, "tvm")
     if why:
         raise Unsupported(why)
     if route is not None and prog.norm.kind == "linear":
@@ -74,7 +74,7 @@ class TVMProgram:
         stats = stats or self.prog.norm.kind != "sigmoid"
         if stats not in self.variants:
             groups = []
-            route, _ = route_of(self.prog)
+            route, _ = route_of(self.prog, "tvm")
             for grp in self.prog.groups:
                 if route is not None:
                     shape = routed_shape(self.prog, grp, route)
@@ -113,7 +113,7 @@ class TVMProgram:
         o = torch.empty(B, H, N, v.shape[-1], dtype=torch.float32)
         lse = torch.empty(B, H, N, dtype=torch.float32)
         tabs = [as_table(tensors[n]) if n in tensors else self.consts[n] for n in self.names]
-        route, _ = route_of(self.prog)
+        route, _ = route_of(self.prog, "tvm")
         extra = []
         if route is not None:           # the kernel's routing prologue writes it (return_routing)
             self.route_idx = torch.empty(B, route.count, route.topk, dtype=torch.int32)

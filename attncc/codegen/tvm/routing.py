@@ -1,5 +1,5 @@
 """Bi-level routing (BiFormer) in the generated CPU kernel: the routing prologue and the
-routed key source.
+routed key source (its static description: codegen/routes.py).
 
 The prologue runs inside the kernel, before the attention: region sums of q and k over all
 heads (the means up to the positive factor 1 / tokens, which changes no ranking), their
@@ -10,72 +10,13 @@ topk-fold gathered K or V. The attention's gather groups are the query regions; 
 of a group is its kk-th routed region, read in place through ridx (kpk for K, the region's
 token map for V rows).
 """
-from dataclasses import dataclass
-
-import sympy
-
-from ...ir import symbols as S
-from ...ir.program import FULL, Gather
 from ...dsl.patterns import ROUTE_IDX
+from ..routes import COL, REG
 from .printer import TIRPrinter
-
-
-@dataclass(frozen=True)
-class Route:
-    """The routing prologue's static parameters."""
-    grid: tuple
-    regions: tuple
-    topk: int
-
-    @property
-    def count(self):
-        return self.regions[0] * self.regions[1]
-
-    @property
-    def tokens(self):
-        """Tokens per region."""
-        return (self.grid[0] // self.regions[0]) * (self.grid[1] // self.regions[1])
-
-    def token(self, reg, c):
-        """The token of local index c of region reg (row-major inside the region)."""
-        (R, C), (Sr, Sc) = self.grid, self.regions
-        rh, rw = R // Sr, C // Sc
-        return (S.fdiv(reg, Sc) * rh + S.fdiv(c, rw)) * C + sympy.Mod(reg, Sc) * rw + sympy.Mod(c, rw)
-
-    def gather(self):
-        """The attention's gather: one group per query region, its routed regions as keys."""
-        return Gather(kind="routed", G=self.count, Lq=self.tokens, Lk=self.topk * self.tokens,
-                      q_token=self.token(S.g, S.t), q_valid=sympy.true, k_token=S.u, k_valid=sympy.true)
-
-
-def route_of(prog):
-    """The Route of a Program whose single head group is routing alone, else None with the
-    reason (routing composed with other patterns runs on the reference)."""
-    if not prog.prologues:
-        return None, None
-    pro = prog.prologues[0]
-    if len(prog.groups) != 1 or [p.kind for p in prog.groups[0].preds] != ["routing"]:
-        return None, ("backend='tvm' generates routing alone (with any score or post modifiers), not routing "
-                      "composed with other patterns or per head; use backend='reference' for that composition")
-    return Route(pro.param("grid"), pro.param("regions"), pro.param("topk")), None
-
-
-def routed_tables(route, block_m):
-    """Tile tables of the routed gather: every query tile visits its topk regions (FULL)."""
-    import numpy as np
-    nq = -(-route.tokens // block_m)
-    cnt = np.full((route.count, nq), route.topk, np.int32)
-    lst = np.broadcast_to(np.arange(route.topk, dtype=np.int32), (route.count, nq, route.topk)).copy()
-    cls = np.full((route.count, nq, route.topk), FULL, np.int32)
-    acls = np.full((route.count, nq, route.topk), FULL, np.int32)
-    return cnt, lst, cls, acls
 
 
 def route_param(sh, route):
     return f"{ROUTE_IDX[2:]}: T.Buffer(({sh.B}, {route.count}, {route.topk}), \"int32\")"
-
-
-REG, COL = sympy.Symbol("reg", integer=True, nonnegative=True), sympy.Symbol("c", integer=True, nonnegative=True)
 
 
 def prologue_and_pack(w, sh, route, heads):
