@@ -165,8 +165,8 @@ class Kernel:
 
     def _with_routing(self, q, k, v, return_lse, tensors):
         """The call's results and the routing table [B, S^2, topk] (int64; the routed regions
-        of every query region, in no particular order): the one the TVM kernel's prologue
-        wrote, else the reference routing's. No gradient flows through it."""
+        of every query region, in no particular order): the one the generated kernel's
+        prologue wrote, else the reference routing's. No gradient flows through it."""
         from ..dsl.patterns import Routing
         if not any(isinstance(p, Routing) for p in self.spec.pattern.leaves()):
             raise ValueError(f"return_routing=True needs a spec with ac.routing(...); this one routes nothing "
@@ -176,10 +176,11 @@ class Kernel:
                              "op); call the kernel eagerly to inspect the routing")
         out = self(q, k, v, return_lse=return_lse, **tensors)
         dims, dtype = check_call(self.spec, q, k, v, tensors, return_lse)
-        comp = self._compiled.get((dims, dtype, tuple((n, tuple(x.shape), x.is_floating_point())
-                                                      for n, x in sorted(tensors.items()))))
-        idx = getattr(comp, "route_idx", None)
-        if idx is None or q.device.type != "cpu":
+        shapes = tuple((n, tuple(x.shape), x.is_floating_point()) for n, x in sorted(tensors.items()))
+        comp = self._compiled.get((dims, dtype, shapes)) or self._compiled.get(
+            ("triton", triton_target(q.device), dims, dtype, shapes))
+        idx = getattr(comp, "route_idx", None)          # the generated prologue's own table
+        if idx is None:
             from ..reference.routing import routing_tables
             prog = self.lower(dims, dtype).program
             pro = prog.prologues[0]

@@ -1,7 +1,8 @@
 """Ahead-of-time compiles of generated Triton kernels for NVIDIA GPUs, without a GPU:
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 80 | 90, 32))`` builds PTX and a
 cubin (ptxas runs on this machine), and reports the shared memory the kernel needs; ptxas's
-log gives registers and spills."""
+log gives registers and spills. A routed program's two prologue kernels are compiled too
+(their seconds count in its row)."""
 import contextlib
 import io
 import re
@@ -9,9 +10,9 @@ import time
 from dataclasses import dataclass
 
 from ...ir.plan import FAST_MEMORY, shared_memory
-from .backend import check, load_source, table_meta
-from ..tiles import tile_tables
-from .source import generate, group_shape
+from ..routes import route_of
+from .backend import RoutingPrologue, check, group_tables, load_source, table_meta
+from .source import generate
 
 ARCHS = {"sm_80": 80, "sm_90": 90}
 POINTER = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32"}
@@ -38,11 +39,11 @@ class AotResult:
         return self.shared <= self.limit
 
 
-def signature(prog, meta):
+def signature(prog, meta, routed=False):
     elem = POINTER[prog.dtype]
     sig = {n: elem for n in ("q", "k", "v", "o")}
     sig["lse"] = "*fp32"
-    sig.update({n: "*i32" for n in ("heads", "tcnt", "tlist", "tcls", "acls")})
+    sig.update({n: "*i32" for n in ("heads", "tcnt", "tlist", "tcls", "acls", *(["route_idx"] if routed else []))})
     for param, _, kind in meta.values():
         sig[param] = "*fp32" if kind == "float" else "*i32"
     sig["STATS"] = "constexpr"
@@ -69,12 +70,23 @@ def compile_program(prog, tensors, stats=True):
     check(prog)
     meta = table_meta(prog, tensors)
     elem = 2 if prog.dtype in ("float16", "bfloat16") else 4
+    target = GPUTarget("cuda", ARCHS[prog.target], 32)
+    route, _ = route_of(prog, "triton")
+    pro_secs = 0.0
+    if route is not None:                   # the routing prologue's two kernels must build too
+        t0 = time.perf_counter()
+        pro = RoutingPrologue(prog, route)
+        elem_ptr = POINTER[prog.dtype]
+        for fn, sig in ((pro.sums, {"q": elem_ptr, "k": elem_ptr, "qm": "*fp32", "km": "*fp32"}),
+                        (pro.topk, {"qm": "*fp32", "km": "*fp32", "route_idx": "*i32"})):
+            triton.compile(ASTSource(fn=JITFunction(fn), signature=sig), target=target, options={"num_warps": 4})
+        pro_secs = time.perf_counter() - t0
     results = []
     for grp in prog.groups:
-        _, lst, _ = tile_tables(grp)
-        shape = group_shape(prog, grp, lst.shape[-1])
-        fn = load_source(generate(prog, grp, shape, meta))
-        src = ASTSource(fn=JITFunction(fn), signature=signature(prog, meta), constexprs={"STATS": stats})
+        shape, _ = group_tables(prog, grp, route)
+        fn = load_source(generate(prog, grp, shape, meta, route))
+        src = ASTSource(fn=JITFunction(fn), signature=signature(prog, meta, route is not None),
+                        constexprs={"STATS": stats})
         plan = grp.plan
         log = io.StringIO()
         t0 = time.perf_counter()
@@ -83,11 +95,11 @@ def compile_program(prog, tensors, stats=True):
         knobs.dump_ptxas_log = True           # ptxas -v's log (registers, spills) goes to stdout
         try:
             with contextlib.redirect_stdout(log):
-                kern = triton.compile(src, target=GPUTarget("cuda", ARCHS[prog.target], 32),
+                kern = triton.compile(src, target=target,
                                       options={"num_warps": plan.num_warps, "num_stages": plan.num_stages})
         finally:
             knobs.dump_ptxas_log = old
-        secs = time.perf_counter() - t0
+        secs = time.perf_counter() - t0 + pro_secs
         regs, spills = _ptxas_counts(log.getvalue())
         results.append(AotResult(prog.target, grp.heads, plan, int(kern.metadata.shared),
                                  shared_memory(plan, prog.dims.d, prog.dims.dv, elem), secs, regs, spills))

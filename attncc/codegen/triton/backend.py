@@ -26,7 +26,9 @@ from ...ir import symbols as S
 from ...ir.program import FULL
 from ...version import __version__
 from ..tiles import tile_tables
-from .source import KERNEL, generate, group_shape
+from ..routes import route_of, routed_tables
+from .prologue import affinity_topk, region_sums
+from .source import KERNEL, GroupShape, generate, group_shape, pow2
 
 
 class Unsupported(NotImplementedError):
@@ -38,17 +40,14 @@ def unsupported(prog):
     if prog.norm.kind == "linear":
         return ("backend='triton' does not generate linear attention yet (it arrives with the routing and "
                 "linear attention issue); use backend='reference'")
-    if prog.prologues:
-        return ("backend='triton' does not generate content-dependent routing yet (it arrives with the "
-                "routing issue); use backend='reference'")
-    return None
+    return route_of(prog, "triton")[1]
 
 
 def check(prog):
     why = unsupported(prog)
     if why:
         raise Unsupported(why)
-    for grp in prog.groups:
+    for grp in prog.groups if not prog.prologues else ():
         assert not grp.gather.per_query, "the Triton target tiles a dense key source for per-query gathers"
         assert S.b not in S.free_index_symbols(grp.gather.k_token), "static key maps do not depend on the batch"
 
@@ -184,19 +183,40 @@ def wrap(fn, interpret):
     return got
 
 
+def routed_shape(prog, grp, route):
+    """The static sizes of the routed kernel: query tiles of a region's tokens, one key tile
+    per routed region."""
+    d, n = prog.dims, route.tokens
+    bm = min(grp.plan.block_m, n)
+    nq = -(-n // bm)
+    return GroupShape(B=d.B, H=d.H, N=d.N, M=d.M, D=d.d, DV=d.dv, HG=len(grp.heads), G=route.count, LQ=n,
+                      LK=route.topk * n, BM=bm, BN=n, NQ=nq, KMAX=route.topk, AQ=bm, AK=n, NQA=nq, NKA=route.topk,
+                      BMP=pow2(bm), BNP=pow2(n), DP=pow2(d.d), DVP=pow2(d.dv))
+
+
+def group_tables(prog, grp, route):
+    """(shape, [heads, counts, list, class, atom classes]) of a group kernel."""
+    if route is not None:
+        shape = routed_shape(prog, grp, route)
+        cnt, lst, cls, acls = routed_tables(route, shape.BM)
+        cnt = np.stack((cnt, cnt), -1)                  # every routed tile is FULL
+    else:
+        cnt, lst, cls = sweep_tables(grp)
+        shape, acls = group_shape(prog, grp, lst.shape[-1]), grp.blocks.classes.astype(np.int32)
+    return shape, [torch.tensor(grp.heads, dtype=torch.int32), *(torch.from_numpy(np.ascontiguousarray(x))
+                                                                 for x in (cnt, lst, cls, acls))]
+
+
 class GroupKernel:
     """One head group's generated kernel and the static tables it reads."""
 
-    def __init__(self, prog, grp, meta):
-        cnt, lst, cls = sweep_tables(grp)
+    def __init__(self, prog, grp, meta, route=None):
         self.grp = grp
-        self.shape = group_shape(prog, grp, lst.shape[-1])
+        self.shape, self.tables = group_tables(prog, grp, route)
         t0 = time.perf_counter()
-        self.source = generate(prog, grp, self.shape, meta)
+        self.source = generate(prog, grp, self.shape, meta, route)
         self.fn = load_source(self.source)
         self.seconds = time.perf_counter() - t0
-        self.tables = [torch.tensor(grp.heads, dtype=torch.int32), torch.from_numpy(cnt), torch.from_numpy(lst),
-                       torch.from_numpy(cls), torch.from_numpy(grp.blocks.classes.astype(np.int32))]
         self._on = {}
 
     def tables_on(self, device):
@@ -205,13 +225,36 @@ class GroupKernel:
             self._on[key] = [t.to(device) for t in self.tables]
         return self._on[key]
 
-    def launch(self, q, k, v, o, lse, tabs, stats):
-        interpret = q.device.type == "cpu"
-        kern = wrap(self.fn, interpret)
+    def launch(self, q, k, v, o, lse, tabs, stats, extra=()):
         plan = self.grp.plan
-        with interpreter_patches(sys.modules[self.fn.__module__]) if interpret else contextlib.nullcontext():
-            kern[(self.shape.programs,)](q, k, v, o, lse, *self.tables_on(q.device), *tabs, STATS=stats,
-                                         num_warps=plan.num_warps, num_stages=plan.num_stages)
+        run(self.fn, (self.shape.programs,), q, k, v, o, lse, *self.tables_on(q.device), *extra, *tabs, STATS=stats,
+            num_warps=plan.num_warps, num_stages=plan.num_stages)
+
+
+def run(fn, grid, *args, **kw):
+    """Launch a generated kernel: compiled for a GPU, under the interpreter for CPU tensors."""
+    interpret = args[0].device.type == "cpu"
+    with interpreter_patches(sys.modules[fn.__module__]) if interpret else contextlib.nullcontext():
+        wrap(fn, interpret)[grid](*args, **kw)
+
+
+class RoutingPrologue:
+    """The two generated prologue kernels of bi-level routing (prologue.py)."""
+
+    def __init__(self, prog, route):
+        self.route, self.dims = route, prog.dims
+        src, self.wp = region_sums(route, prog.dims)
+        self.sources = (src, affinity_topk(route, self.wp))
+        self.sums, self.topk = (load_source(x) for x in self.sources)
+
+    def __call__(self, q, k):
+        r, B = self.route, q.shape[0]
+        qm = torch.empty(B * r.count, self.wp, dtype=torch.float32, device=q.device)
+        km = torch.empty_like(qm)
+        idx = torch.empty(B, r.count, r.topk, dtype=torch.int32, device=q.device)
+        run(self.sums, (B * r.count,), q, k, qm, km)
+        run(self.topk, (B * r.count,), qm, km, idx)
+        return idx
 
 
 class TritonProgram:
@@ -224,11 +267,14 @@ class TritonProgram:
         self.names = list(self.meta)
         self.consts = {c.name: torch.from_numpy(np.ascontiguousarray(c.array, dtype=np.int32))
                        for c in prog.constants}
-        self.groups = [GroupKernel(prog, grp, self.meta) for grp in prog.groups]
+        route, _ = route_of(prog, "triton")
+        self.prologue = RoutingPrologue(prog, route) if route else None
+        self.groups = [GroupKernel(prog, grp, self.meta, route) for grp in prog.groups]
 
     @property
     def source(self):
-        return "\n".join(g.source for g in self.groups)
+        pro = list(self.prologue.sources) if self.prologue else []
+        return "\n".join(pro + [g.source for g in self.groups])
 
     @property
     def seconds(self):
@@ -242,7 +288,11 @@ class TritonProgram:
         lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
         tabs = [as_table(tensors[n], q.device) if n in tensors else self.consts[n].to(q.device) for n in self.names]
         stats = bool(return_lse) or self.prog.norm.kind != "sigmoid"
+        extra = []
+        if self.prologue is not None:               # the routing table (return_routing reads it)
+            self.route_idx = self.prologue(qc, kc)
+            extra = [self.route_idx]
         for g in self.groups:
-            g.launch(qc, kc, vc, o, lse, tabs, stats)
+            g.launch(qc, kc, vc, o, lse, tabs, stats, extra)
         o = o.to(q.dtype)
         return (o, lse) if return_lse else o

@@ -144,7 +144,8 @@ def generate(prog, grp, sh, tables, route=None):
     hoist = Hoister(row={S.i, S.t}, col={S.j, S.u}, blocked={S.score, S.weight})
     score = hoist(prog.score)
     post = hoist(post_chain(prog))
-    residual = hoist(grp.residual) if grp.residual is not None else None
+    # a routed gather visits only routed regions: nothing to mask but padding
+    residual = hoist(grp.residual) if grp.residual is not None and route is None else None
     if residual is sympy.true:
         residual = None
     row_p = P.with_names({S.t: ("t2", "int"), S.i: ("i2", "int")})
