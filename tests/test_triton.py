@@ -220,6 +220,15 @@ def test_triton_routing_prologue_and_routed_tiles_match_the_reference_routing():
     assert "rsel = tl.load(route_idx + (b * 8 + g) * 3 + kb)" in src and "tl.load(k + plane" in src
 
 
+def test_triton_interpreter_names_the_triton_it_needs(monkeypatch):
+    import triton
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    q = torch.randn(1, 1, 16, 16)
+    with pytest.raises(NotImplementedError, match=re.escape(
+            "needs triton >= 3.9 for attncc's kernels, but triton 3.6.0 is installed; upgrade triton")):
+        ac.compile(ac.Attention(), backend="triton")(q, q, q)
+
+
 def test_triton_backend_refuses_other_devices():
     q = torch.randn(1, 1, 16, 8, device="meta")
     with pytest.raises(ValueError, match=re.escape("backend='triton' runs on CUDA tensors (or CPU tensors under "

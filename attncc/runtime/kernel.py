@@ -56,6 +56,21 @@ def triton_target(device):
     return "sm_80"
 
 
+# Triton's interpreter runs the generated kernels from this release on (3.9 tested; 3.6's fails
+# on scalar loads used as loop bounds); compiled GPU kernels also build with 3.6
+INTERPRETER_TRITON = (3, 9)
+
+
+def _check_interpreter():
+    import triton
+    got = tuple(int(x) for x in triton.__version__.split(".")[:2] if x.isdigit())
+    if got < INTERPRETER_TRITON:
+        raise NotImplementedError(
+            f"backend='triton' on CPU tensors runs Triton's interpreter, which needs triton >= "
+            f"{'.'.join(map(str, INTERPRETER_TRITON))} for attncc's kernels, but triton {triton.__version__} is "
+            "installed; upgrade triton (pip install 'triton>=3.9'), use CUDA tensors, or backend='tvm' on the CPU")
+
+
 class Kernel:
     """A compiled attention spec: ``kern(q, k, v, return_lse=False, **tensors)``.
 
@@ -190,6 +205,7 @@ class Kernel:
 
     def _run_triton(self, q, k, v, tensors, return_lse, dims, dtype):
         if q.device.type == "cpu":
+            _check_interpreter()
             if not self._warned:
                 warnings.warn("attncc: backend='triton' with CPU tensors runs Triton's interpreter: correct but slow, "
                               "for testing only; use backend='tvm' (or 'auto') for CPU speed, or CUDA tensors",
