@@ -38,7 +38,7 @@ def test_compile_auto_picks_tvm_on_cpu_and_says_so():
 
 
 def test_auto_falls_back_to_the_reference_visibly():
-    spec = ac.Attention(ac.routing((4, 4), (2, 2), 1))
+    spec = ac.Attention(ac.routing((4, 4), (2, 2), 1) & ac.causal())     # routing composed: no generated kernel
     kern = ac.compile(spec)
     q, k, v = make_inputs(Dims(1, 2, 16, 16, 8, 8))
     with pytest.warns(UserWarning, match="backend='auto' runs the eager reference for this spec"):
