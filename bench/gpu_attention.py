@@ -1,6 +1,7 @@
 """GPU bench of the attention core (q, k, v in [B, H, N, d] -> out): attncc's Triton backend
 against the peers on their fast paths, side by side in one run: torch SDPA (flash),
-FlexAttention (torch.compile, block masks) and, for Swin, timm's attention core. Times are
+FlexAttention (torch.compile, block masks), for Swin timm's attention core, for bi-level
+routing BiFormer's procedure (bench/routing.py; BiFormer-T's stage shapes, batch 8). Times are
 medians of triton.testing.do_bench over interleaved rounds; inputs fp16.
 
     python bench/gpu_attention.py [--rounds 3] [--only full_d64 swin_shift3 ...] [--smoke]
@@ -27,6 +28,7 @@ from attncc.runtime.kernel import InterpreterWarning
 sys.path.insert(0, str(Path(__file__).parent))
 import cpu_attention as cpu  # noqa: E402  (the Flex mask and score mods, one definition)
 import peers  # noqa: E402
+import routing  # noqa: E402  (BiFormer's procedure, the routing peer)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -152,6 +154,20 @@ def rows(smoke):
 
     out["axial"] = (f"axial row then column, {side}x{side}, B{B} H{H} d64", 2 * 4 * B * H * T * side * 64,
                     {"attncc": lambda: (krow(q2, k2, v2), kcol(q2, k2, v2)), "reshape + SDPA": axial_sdpa})
+    # bi-level routing at BiFormer-T's stage shapes (batch 8; --smoke: stage 3 only, batch 1)
+    for stage, (grid_r, regions, topk, Hr, dr) in routing.STAGES.items():
+        if smoke and stage != "stage3":
+            continue
+        Br, Nr = (1 if smoke else 8), grid_r[0] * grid_r[1]
+        qr, kr, vr = rand(Br, Hr, Nr, dr), rand(Br, Hr, Nr, dr), rand(Br, Hr, Nr, dr)
+        scale = (Hr * dr) ** -0.5
+        kro = triton(ac.Attention(ac.routing(grid_r, regions, topk), scale=scale))
+        out[f"routing_{stage}"] = (
+            f"routing {grid_r[0]}x{grid_r[1]}, 7x7 regions, topk {topk}, B{Br} H{Hr} d{dr}",
+            4 * Br * Hr * Nr * topk * (Nr // (regions[0] * regions[1])) * dr,
+            {"attncc": lambda kro=kro, qr=qr, kr=kr, vr=vr: kro(qr, kr, vr),
+             "BiFormer procedure": lambda qr=qr, kr=kr, vr=vr, g=grid_r, rg=regions, tk=topk, sc=scale:
+                 routing.biformer_procedure(qr, kr, vr, g, rg, tk, sc)})
     return out
 
 
