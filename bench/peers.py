@@ -3,32 +3,26 @@ its WindowAttention's relative position bias and its SwinTransformerBlock's shif
 mask) and natten's na2d. Each runs in its own layout, prepared outside the timing.
 
 torchvision (which timm imports) matches torch 2.13 only as a CUDA build whose C extension
-cannot load beside the CPU torch; its import registers fake kernels for two op schemas, so
-when the extension is missing we declare those schemas first (ENVIRONMENT.md, way (a)). No
-torchvision op ever runs here.
+cannot load beside the CPU torch: tests/timm_helper.py's import_timm handles that (ENVIRONMENT.md,
+way (a)); no torchvision op ever runs here.
 """
 import importlib.util
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-_TV_LIB = None
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from timm_helper import import_timm  # noqa: E402  (one copy of the torchvision workaround)
 
 
 def import_timm_swin():
     """timm.models.swin_transformer, or None (with the reason printed) when timm is missing."""
-    global _TV_LIB
     if importlib.util.find_spec("timm") is None:
         print("(timm is not installed: pip install -e '.[bench]')")
         return None
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as e:
-        if "torchvision::nms does not exist" not in str(e):
-            raise
-        _TV_LIB = torch.library.Library("torchvision", "DEF")
-        for op in ("nms", "qnms"):
-            _TV_LIB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import_timm()                       # tests/timm_helper.py: torchvision beside the CPU torch
     import timm.models.swin_transformer as swin
     return swin
 

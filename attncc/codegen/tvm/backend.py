@@ -66,6 +66,7 @@ class TVMProgram:
         self.consts = {c.name: torch.from_numpy(np.ascontiguousarray(c.array, dtype=np.int32)) for c in prog.constants}
         self.variants = {}
         self.names = list(self.meta)
+        self.route = route_of(prog, "tvm")[0]
         self.groups = self.kernels(True)
 
     def kernels(self, stats):
@@ -74,7 +75,7 @@ class TVMProgram:
         stats = stats or self.prog.norm.kind != "sigmoid"
         if stats not in self.variants:
             groups = []
-            route, _ = route_of(self.prog, "tvm")
+            route = self.route
             for grp in self.prog.groups:
                 if route is not None:
                     shape = routed_shape(self.prog, grp, route)
@@ -113,8 +114,7 @@ class TVMProgram:
         o = torch.empty(B, H, N, v.shape[-1], dtype=torch.float32)
         lse = torch.empty(B, H, N, dtype=torch.float32)
         tabs = [as_table(tensors[n]) if n in tensors else self.consts[n] for n in self.names]
-        route, _ = route_of(self.prog, "tvm")
-        extra = []
+        route, extra = self.route, []
         if route is not None:           # the kernel's routing prologue writes it (return_routing)
             self.route_idx = torch.empty(B, route.count, route.topk, dtype=torch.int32)
             extra = [self.route_idx]
