@@ -24,8 +24,6 @@ import sympy
 from ...ir import symbols as S
 from ...ir.program import FULL, PARTIAL
 from ..hoist import Hoister
-# the tile tables are the IR's block classification coarsened to the plan: one definition,
-# shared with the TVM backend (it is pure numpy, it imports nothing of TVM)
 from ..routes import COL, REG
 from .printer import TritonPrinter
 
