@@ -154,6 +154,25 @@ def rows(smoke):
 
     out["axial"] = (f"axial row then column, {side}x{side}, B{B} H{H} d64", 2 * 4 * B * H * T * side * 64,
                     {"attncc": lambda: (krow(q2, k2, v2), kcol(q2, k2, v2)), "reshape + SDPA": axial_sdpa})
+    # block sparsity with the layout a tensor of the call (a random quarter of 128 x 128 blocks and
+    # the diagonal) against FlexAttention's block mask of the same layout
+    blk_ = 64 if smoke else 128
+    gen = torch.Generator().manual_seed(0)
+    lay = ((torch.rand(N // blk_, N // blk_, generator=gen) < 0.25) | torch.eye(N // blk_, dtype=torch.bool)).to(DEV)
+    kbs = triton(ac.Attention(ac.block_sparse("layout", (blk_, blk_))))
+    fbs = flex(lambda b, h, i, j: lay[i // blk_, j // blk_], N)
+    out["block_sparse_call"] = (f"block-sparse call-time layout ({lay.float().mean().item():.0%} of {blk_}x{blk_} "
+                                f"blocks), B{B} H{H} N{N} d64", 4 * B * H * N * N * 64 * lay.float().mean().item(),
+                                {"attncc": lambda: kbs(q, k, v, layout=lay), "flex": lambda: fbs(q, k, v)})
+    # linear attention (elu+1) at the CPU bench's shape, against its eager forms
+    q1, k1, v1 = rand(1, 8, N, 64), rand(1, 8, N, 64), rand(1, 8, N, 64)
+    kl = triton(ac.Attention(normalizer=ac.linear("elu1")))
+    klc = triton(ac.Attention(ac.causal(), normalizer=ac.linear("elu1")))
+    out["linear"] = (f"linear (elu+1) B1 H8 N{N} d64", 4 * 8 * N * 64 * 64,
+                     {"attncc": lambda: kl(q1, k1, v1), "eager einsum": lambda: cpu.linear_eager(q1, k1, v1)})
+    out["linear_causal"] = (f"causal linear (elu+1, chunk 64) B1 H8 N{N} d64", 4 * 8 * N * 64 * 128,
+                            {"attncc": lambda: klc(q1, k1, v1),
+                             "eager chunked": lambda: cpu.linear_chunked_eager(q1, k1, v1)})
     # bi-level routing at BiFormer-T's stage shapes (batch 8; --smoke: stage 3 only, batch 1)
     for stage, (grid_r, regions, topk, Hr, dr) in routing.STAGES.items():
         if smoke and stage != "stage3":

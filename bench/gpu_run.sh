@@ -6,6 +6,7 @@
 #
 #     bash bench/gpu_run.sh [tests] [bench] [plans]      (default: all three)
 #     BENCH_ARGS="--only full_d64" PLANS_ARGS="--only causal_d64" bash bench/gpu_run.sh bench plans
+#     TESTS_K="matches and linear" bash bench/gpu_run.sh tests      (a pytest -k selection)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 steps=" ${*:-tests bench plans} "
@@ -22,7 +23,7 @@ EOF
 rc=0
 if [[ $steps == *" tests "* ]]; then
     t0=$(date +%s)
-    ATTNCC_TEST_DEVICE=cuda python3 -m pytest tests/test_triton.py -k "matches" -q --maxfail=30 -n 8 -p no:cacheprovider \
+    ATTNCC_TEST_DEVICE=cuda python3 -m pytest tests/test_triton.py -k "${TESTS_K:-matches}" -q --maxfail=30 -n 8 -p no:cacheprovider \
         >"$out/tests.log" 2>&1
     rc=$?
     tail -n 25 "$out/tests.log"

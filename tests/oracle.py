@@ -6,7 +6,7 @@ import torch
 
 import attncc as ac
 from attncc.reference.dense import dense_attention
-from attncc.runtime.inputs import check_call
+from attncc.runtime.inputs import check_call, layouts
 
 K = 3.0
 # ATTNCC_TEST_DEVICE=cuda runs the kernels under test on that device (the Triton suite on a lent
@@ -41,8 +41,9 @@ def check_against_oracle(spec, q, k, v, tensors=None, lse=True, backend="referen
         got = tuple(x.cpu() for x in got) if lse else got.cpu()
     else:
         got = kern(q, k, v, return_lse=lse, **tensors)
-    gold = dense_attention(canon, q, k, v, tensors, return_lse=lse)
-    same = dense_attention(canon, q, k, v, tensors, return_lse=lse, dtype=torch.float32)
+    dense = layouts(spec, tensors, canon.dims)         # a 2-D run-time layout is broadcast over the heads
+    gold = dense_attention(canon, q, k, v, dense, return_lse=lse)
+    same = dense_attention(canon, q, k, v, dense, return_lse=lse, dtype=torch.float32)
     if lse:
         (got, got_lse), (gold, gold_lse), (same, same_lse) = got, gold, same
     assert got.dtype == q.dtype and got.shape == (*q.shape[:3], v.shape[-1])

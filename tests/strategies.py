@@ -45,7 +45,8 @@ def grid_pattern(draw, grid, linear=False):
 def token_pattern(draw, N, M, linear=False):
     if linear:
         return draw(st.sampled_from([ac.full(), ac.causal(), ac.causal("bottom_right")]))
-    kind = draw(st.sampled_from(["full", "causal", "sliding", "dilated", "block_sparse", "mask", "mask_doc"]))
+    kind = draw(st.sampled_from(["full", "causal", "sliding", "dilated", "block_sparse", "block_sparse_call", "mask",
+                                 "mask_doc"]))
     if kind == "full":
         return ac.full()
     if kind == "causal":
@@ -59,6 +60,9 @@ def token_pattern(draw, N, M, linear=False):
         shape = (-(-N // bq), -(-M // bk))
         seed = draw(st.integers(0, 2 ** 16))
         return ac.block_sparse(np.random.RandomState(seed).rand(*shape) < 0.5, (bq, bk))
+    if kind == "block_sparse_call":       # the layout is a tensor of each call (specs() draws it)
+        bq, bk = draw(st.sampled_from([7, 16, 20, 32, 48, 64])), draw(st.sampled_from([7, 16, 20, 32, 48, 64]))
+        return ac.block_sparse(f"layout_{bq}_{bk}", (bq, bk))
     a, c, m = draw(st.integers(0, 3)), draw(st.integers(0, 3)), draw(st.integers(2, 5))
     r = draw(st.integers(0, m - 1))
     if kind == "mask":
@@ -130,6 +134,12 @@ def specs(draw):
                 tensors["gamma"] = torch.rand(H) * 0.5 + 0.5
             else:
                 post_mods.append(ac.clipped(draw(st.floats(1.0, 1.2)), draw(st.floats(-0.2, 0.0))))
+    for p in pat.leaves():
+        if isinstance(p, ac.dsl.patterns.RuntimeBlockSparse) and p.name not in tensors:
+            shape = (-(-N // p.block[0]), -(-M // p.block[1]))
+            gen = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 16)))
+            heads = (H,) if draw(st.booleans()) else ()
+            tensors[p.name] = torch.rand(*heads, *shape, generator=gen) < draw(st.sampled_from([0.3, 0.6, 1.0]))
     if any(isinstance(p, ac.dsl.patterns.Mask) and p.captured for p in pat.leaves()):
         tensors["doc"] = torch.sort(torch.randint(0, 3, (B, max(N, M))), dim=1).values
     if norm_kind == "softmax":

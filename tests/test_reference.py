@@ -92,6 +92,18 @@ CASES["linear_window"] = (ac.Attention(ac.window2d((9, 8), (3, 4)), normalizer=a
                           Dims(1, 2, 72, 72, 16, 16), {})
 CASES["linear_window_causal"] = (ac.Attention(ac.window2d((8, 8), (4, 4)) & ac.causal(), normalizer=ac.linear()),
                                  Dims(1, 2, 64, 64, 16, 16), {})
+# block sparsity with the layout a tensor of the call: shared by the heads (tiles of the 32 x 32
+# blocks), per head AND causal, and blocks of 20 x 24 tokens (tiles straddle blocks)
+_rt = torch.Generator().manual_seed(3)
+CASES["block_sparse_call"] = (ac.Attention(ac.block_sparse("layout", (32, 32))), Dims(2, 2, 200, 180, 16, 16),
+                              {"layout": torch.rand(7, 6, generator=_rt) < 0.5})
+CASES["block_sparse_call_heads_causal"] = (ac.Attention(ac.block_sparse("layout", (32, 32)) & ac.causal()),
+                                           Dims(1, 3, 160, 160, 16, 16),
+                                           {"layout": torch.rand(3, 5, 5, generator=_rt) < 0.6})
+CASES["block_sparse_call_odd_blocks"] = (ac.Attention(ac.block_sparse("layout", (20, 24)), normalizer=ac.sigmoid()),
+                                         Dims(1, 2, 100, 96, 16, 16), {"layout": torch.rand(5, 4, generator=_rt) < 0.5})
+# dv wider than one 64-column value block of the Triton kernels, d not a multiple of 8
+CASES["linear_causal_wide_dv"] = (ac.Attention(ac.causal(), normalizer=ac.linear("elu1")), Dims(1, 1, 80, 80, 20, 100), {})
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

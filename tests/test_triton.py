@@ -31,7 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::attncc.runtime.kernel.Interpret
 def triton_can(spec):
     """Routing is generated alone (with modifiers); composed with other patterns it is not."""
     routed = any(isinstance(p, P.Routing) for p in spec.pattern.leaves())
-    return not isinstance(spec.normalizer, type(ac.linear())) and (not routed or isinstance(spec.pattern, P.Routing))
+    return not routed or isinstance(spec.pattern, P.Routing)
 
 
 TRITON_CASES = sorted(n for n, (spec, _, _) in CASES.items() if triton_can(spec))
@@ -129,6 +129,28 @@ def test_triton_explain_shows_a_flash_kernel_over_the_tile_table():
     assert "input_precision=\"tf32x3\"" in src
 
 
+def test_triton_linear_attention_is_states_prefix_and_apply_kernels():
+    """Causal linear attention: a state per key chunk, their prefix sums, and per query chunk one
+    prefix read for the chunks below the diagonal plus the masked quadratic form on the diagonal
+    chunk only; the tables say so (the FULL chunks 0..qi-1 first, then the diagonal)."""
+    from attncc.codegen.triton.linear import linear_tables
+    from attncc.passes.pipeline import lower
+    spec, dims = ac.Attention(ac.causal(), normalizer=ac.linear()), Dims(1, 2, 256, 256, 16, 16)
+    src = triton_source(spec, dims).split("=== generated Triton source", 1)[1]
+    assert src.count("def attncc_group(") == 3
+    states, prefix, apply = src.split("def attncc_group(")[1:]
+    assert "s_t = tl.dot(tl.trans(kf), vt" in states and "tl.store(st +" in states
+    assert "for kb in range(0, 4):" in prefix and "tl.store(pst +" in prefix
+    pre, quad = apply.split("for kk in range(nfull, ntiles):")
+    assert "ssum = tl.load(pst + (gi * 5 + nfull)" in pre and "acc = tl.dot(qf, ssum" in pre
+    assert "a = tl.dot(qf, tl.trans(kf)" in quad and "a = tl.where(" in quad
+    grp = lower(spec, dims, "float32", target="sm_80").program.groups[0]
+    assert (grp.plan.block_m, grp.plan.block_n) == (64, 64)
+    cnt, lst, cls = linear_tables(grp)
+    assert cnt[0].tolist() == [[1, 0, 1], [2, 1, 1], [3, 2, 1], [4, 3, 1]]
+    assert lst[0, 3].tolist() == [0, 1, 2, 3] and cls[0, 3].tolist() == [2, 2, 2, 1]
+
+
 def test_triton_sweeps_full_tiles_first_and_loads_atom_classes_per_atom():
     """The tile list puts the FULL tiles that end inside the keys first (their count is the
     second column of tcnt); a 128x64 PARTIAL tile reads one class per 16x16 atom."""
@@ -194,13 +216,10 @@ def test_auto_never_picks_triton_on_cpu():
     assert not any(key[0] == "triton" for key in kern._compiled)
 
 
-@pytest.mark.parametrize("spec, why", [
-    (ac.Attention(normalizer=ac.linear()), "backend='triton' does not generate linear attention yet"),
-    (ac.Attention(ac.routing((4, 4), (2, 2), 1) & ac.causal()),
-     "backend='triton' generates routing alone (with any score or post modifiers), not routing composed with other "
-     "patterns or per head; use backend='reference'"),
-], ids=["linear", "routing_and_causal"])
-def test_triton_backend_refuses_what_it_cannot_generate(spec, why):
+def test_triton_backend_refuses_what_it_cannot_generate():
+    spec = ac.Attention(ac.routing((4, 4), (2, 2), 1) & ac.causal())
+    why = ("backend='triton' generates routing alone (with any score or post modifiers), not routing composed with "
+           "other patterns or per head; use backend='reference'")
     q = torch.randn(1, 1, 16, 8)
     with pytest.raises(NotImplementedError, match=re.escape(why)):
         ac.compile(spec, backend="triton")(q, q, q)
@@ -276,17 +295,18 @@ def test_triton_interpreter_runs_whatever_the_import_order(first, tmp_path):
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_check_gpu_compiles_a_subset_for_both_arches(arch, tmp_path):
     """`python -m attncc check-gpu` on a few patterns (a dense mask, shifted windows with a
-    captured bias table and a tanh helper, routing with its prologue), bf16 and fp32 (whose dots once tripped an assertion
-    in Triton's lowering): every kernel builds and fits, the table says so."""
+    captured bias table and a tanh helper, routing with its prologue, causal linear attention with its states and prefix
+    kernels), bf16 and fp32 (whose dots once tripped an assertion in Triton's lowering): every kernel builds and fits,
+    the table says so."""
     env = {**os.environ, "ATTNCC_CACHE_DIR": str(tmp_path), "TRITON_CACHE_DIR": str(tmp_path / "triton-cache")}
     res = subprocess.run([sys.executable, "-m", "attncc", "check-gpu", "--arch", arch, "--dtype", "bfloat16", "float32",
-                          "--head-dim", "64", "--only", "softcap_causal", "swin_shifted", "biformer_routing",
+                          "--head-dim", "64", "--only", "softcap_causal", "swin_shifted", "biformer_routing", "linear_causal",
                           "--jobs", "2"], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = [ln for ln in res.stdout.splitlines() if ln.startswith("| ") and f"| {arch} |" in ln]
-    assert len(rows) == 6 and not any("FAILED" in ln for ln in rows)
+    assert len(rows) == 8 and not any("FAILED" in ln for ln in rows)
     assert sum("| biformer_routing |" in ln for ln in rows) == 2          # its prologue kernels build too
-    assert "6 of 6 kernels compiled and fit; 0 failed" in res.stdout
+    assert "8 of 8 kernels compiled and fit; 0 failed" in res.stdout
 
 
 def test_check_gpu_exits_non_zero_when_a_kernel_does_not_fit(monkeypatch, capsys):

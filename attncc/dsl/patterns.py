@@ -339,11 +339,37 @@ class BlockSparse(Pattern):
         return f"block_sparse(layout=<{'x'.join(map(str, a.shape))} bool, {int(a.sum())} set>, block={self.block})"
 
 
+@dataclass(frozen=True, repr=False)
+class RuntimeBlockSparse(Pattern):
+    """Block sparsity whose layout is a tensor passed with each call, by name."""
+    name: str
+    block: tuple
+
+    @property
+    def captured(self):
+        return (self.name,)
+
+    def preds(self):
+        # the call's layout is always [H, N/bq, M/bk] by then (a 2-D one is broadcast over heads)
+        bq, bk = self.block
+        e = sympy.Ne(S.table(self.name)[S.h, S.fdiv(S.i, bq), S.fdiv(S.j, bk)], 0)
+        return (Pred("block_sparse", (("block", self.block), ("table", self.name), ("runtime", True)), e),)
+
+    def __repr__(self):
+        return f"block_sparse({self.name!r}, block={self.block})"
+
+
 def block_sparse(layout, block):
-    """Static block sparsity: layout[qb, kb] (or layout[h, qb, kb]) allows query block qb to
-    attend to key block kb; blocks are `block = (bq, bk)` tokens."""
+    """Block sparsity: layout[qb, kb] (or layout[h, qb, kb]) allows query block qb to attend
+    to key block kb; blocks are `block = (bq, bk)` tokens. A layout given as an array is
+    static (compiled in); a layout given as a name is a bool tensor passed with each call by
+    that keyword (``kern(q, k, v, layout=...)``), [N/bq, M/bk] or [H, N/bq, M/bk], and the
+    kernels' key-tile tables are built from it per call (no recompile)."""
     w = "block_sparse: "
     block = C.int_tuple("block", block, length=2, min=1, what=w)
+    if isinstance(layout, str):
+        C.identifier("layout name", layout, what=w)
+        return RuntimeBlockSparse(layout, block)
     try:
         arr = np.asarray(layout)
     except ValueError as e:

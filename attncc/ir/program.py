@@ -82,14 +82,19 @@ EMPTY, PARTIAL, FULL = 0, 1, 2
 class BlockMap:
     """Tile classes of a head group: classes[g, qa, ka] in {EMPTY, PARTIAL, FULL} for
     query atoms of `atom[0]` local queries and key atoms of `atom[1]` local keys; pairs[g, qa, ka]
-    counts the tile's unmasked pairs (an upper bound where the mask reads run-time tensors)."""
+    counts the tile's unmasked pairs (an upper bound where the mask reads run-time tensors).
+    `static`: where the mask reads run-time tensors, the classes by its static conjuncts alone
+    (FULL there is not FULL in `classes`); None otherwise."""
     atom: tuple
     classes: np.ndarray
     pairs: np.ndarray
+    static: np.ndarray | None = None
 
     def __post_init__(self):
         self.classes.setflags(write=False)
         self.pairs.setflags(write=False)
+        if self.static is not None:
+            self.static.setflags(write=False)
 
     @property
     def digest(self):

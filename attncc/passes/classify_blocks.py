@@ -3,7 +3,8 @@
 Decided by evaluating the residual mask at compile time over the gathered indices (numpy,
 a slab of query atoms at a time). Conjuncts that read run-time tensors (captured tensors,
 routing tables) cannot be decided: a tile they touch is at best PARTIAL, and EMPTY only when
-the static conjuncts already rule it out. A mask that depends on b or h is evaluated for
+the static conjuncts already rule it out (the classes of the static conjuncts alone are kept
+too: with a run-time block-sparse layout, the backends refine them per call, tiles.py). A mask that depends on b or h is evaluated for
 every batch index and head of the group (a tile is FULL only when it is full for all).
 """
 import numpy as np
@@ -81,6 +82,7 @@ def classify_blocks(prog):
         gat = grp.gather
         aq, ak = atom(gat.Lq), atom(gat.Lk)
         classes = np.full((gat.G, -(-gat.Lq // aq), -(-gat.Lk // ak)), EMPTY, dtype=np.int8)
+        static_classes = classes.copy()
         pairs = np.zeros(classes.shape, dtype=np.int64)
         static, dynamic = split_static(grp.residual, prog)
         expr = sympy.And(*static)
@@ -89,6 +91,7 @@ def classify_blocks(prog):
             full = _reduce(all_v, aq, ak, True).all(axis=(2, 4))
             some = _reduce(any_v, aq, ak, False).any(axis=(2, 4))
             cls = np.where(full & some, FULL, np.where(some, PARTIAL, EMPTY)).astype(np.int8)
+            static_classes[g0:g0 + cls.shape[0], qa0:qa0 + cls.shape[1]] = cls
             if dynamic:
                 cls = np.where(cls == FULL, PARTIAL, cls)
             classes[g0:g0 + cls.shape[0], qa0:qa0 + cls.shape[1]] = cls
@@ -96,5 +99,5 @@ def classify_blocks(prog):
             pairs[g0:g0 + cnt.shape[0], qa0:qa0 + cnt.shape[1]] = cnt
 
         eval_tiles(expr, prog, grp, on_tile)
-        prog = prog.with_group(k, blocks=BlockMap((aq, ak), classes, pairs))
+        prog = prog.with_group(k, blocks=BlockMap((aq, ak), classes, pairs, static_classes if dynamic else None))
     return prog

@@ -42,6 +42,22 @@ def _elem_bytes(prog):
     return ELEM_BYTES.get(prog.dtype, 4) if FAST_MEMORY[prog.target].kind == "smem" else 4
 
 
+def _layout_tiles(grp, bm, bn):
+    """Tiles that do not straddle a run-time block-sparse layout's blocks: the default tile
+    when it divides the block, else the block (32 to 128 tokens a side, whole atoms), so that
+    each call's layout makes whole tiles EMPTY or FULL (tiles.py), none half set."""
+    if grp.gather.kind != "dense":
+        return bm, bn
+
+    def fit(tile, block, extent):
+        return tile if block % tile == 0 or not (32 <= block <= 128 and block % atom(extent) == 0) else block
+    for p in grp.preds:
+        if p.kind == "block_sparse" and dict(p.params).get("runtime"):
+            bq, bk = p.param("block")
+            bm, bn = fit(bm, bq, grp.gather.Lq), fit(bn, bk, grp.gather.Lk)
+    return bm, bn
+
+
 def default_plan(grp, dims, target, elem_bytes=4, linear=False):
     gat = grp.gather
     want = DEFAULTS.get(target, {})
@@ -52,6 +68,7 @@ def default_plan(grp, dims, target, elem_bytes=4, linear=False):
     bm = want.get("wide_block_m" if wide else "block_m", want.get("block_m", DEFAULT_TILE))
     if gat.Lq <= want.get("whole_queries", 0):         # a short query extent is one tile (less padding)
         bm = -(-gat.Lq // atom(gat.Lq)) * atom(gat.Lq)
+    bm, bn = _layout_tiles(grp, bm, bn)
     if linear:
         # linear attention: query and key tiles are the chunks (a state per key chunk, the
         # quadratic form only on the chunks the mask cuts); with nothing to cut (full

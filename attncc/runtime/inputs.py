@@ -46,3 +46,43 @@ def check_call(spec, q, k, v, tensors, return_lse):
         raise ValueError("return_lse=True: linear attention has no log-sum-exp (it never forms scores); "
                          "drop return_lse or use softmax/sigmoid")
     return Dims(B, H, N, k.shape[2], d, v.shape[3]), str(q.dtype).replace("torch.", "")
+
+
+def layouts(spec, tensors, dims):
+    """The call's tensors with every run-time block-sparse layout checked and made
+    [H, N/bq, M/bk] int32 (a 2-D layout is broadcast over the heads)."""
+    from ..dsl.patterns import RuntimeBlockSparse
+    out = dict(tensors)
+    for leaf in spec.pattern.leaves():
+        if not isinstance(leaf, RuntimeBlockSparse):
+            continue
+        x, (bq, bk) = tensors[leaf.name], leaf.block
+        want = (-(-dims.N // bq), -(-dims.M // bk))
+        what = f"block_sparse layout {leaf.name!r}"
+        if x.is_floating_point() or x.is_complex():
+            raise TypeError(f"{what} must hold bools (or 0/1 integers), got dtype {x.dtype}")
+        if tuple(x.shape) not in (want, (dims.H,) + want):
+            raise ValueError(f"{what} has shape {tuple(x.shape)} but N={dims.N}, M={dims.M}, H={dims.H} with block "
+                             f"{leaf.block} need {want} or {(dims.H,) + want}; build the layout for the call's shapes")
+        if x.dtype != torch.bool and ((x != 0) & (x != 1)).any():
+            bad = sorted(set(x[(x != 0) & (x != 1)].unique().tolist()))[:5]
+            raise ValueError(f"{what} must hold bools (or 0/1 integers), got the values {bad}")
+        out[leaf.name] = _as_heads_int32(x, dims.H)
+    return out
+
+
+_LAYOUTS = []       # (the caller's tensor, its version, the converted layout): the last few
+
+
+def _as_heads_int32(x, H):
+    """x as a contiguous [H, nq, nk] int32 tensor: the same object again for the same
+    unmodified tensor (the backends then reuse their tile tables), a new one otherwise. The
+    entries hold their tensors, so an identity match is never a recycled address."""
+    for got, version, conv in _LAYOUTS:
+        if got is x and version == x._version:
+            return conv
+    conv = x.to(torch.int32)
+    conv = (conv.expand(H, *x.shape) if x.dim() == 2 else conv).contiguous()
+    _LAYOUTS.insert(0, (x, x._version, conv))
+    del _LAYOUTS[8:]
+    return conv

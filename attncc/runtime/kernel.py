@@ -15,7 +15,7 @@ from ..passes.pipeline import lower
 from ..reference import eager
 from . import custom_op
 from .autograd import differentiable
-from .inputs import check_call
+from .inputs import check_call, layouts
 
 BACKENDS = ("auto", "tvm", "triton", "reference")
 TUNE = (False, None, True, "fast", "full")
@@ -161,6 +161,7 @@ class Kernel:
         if torch.compiler.is_compiling():       # one opaque op in the traced graph (custom_op.py)
             return custom_op.call(self._op_ref, q, k, v, tensors, return_lse)
         dims, dtype = check_call(self.spec, q, k, v, tensors, return_lse)
+        tensors = layouts(self.spec, tensors, dims)
         if self.backend == "triton" or (self.requested == "auto" and q.device.type == "cuda"
                                         and "triton" in available()):
             return self._run_triton(q, k, v, tensors, return_lse, dims, dtype)

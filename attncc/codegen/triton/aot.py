@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ...ir.plan import FAST_MEMORY, shared_memory
 from ..routes import route_of
-from .backend import RoutingPrologue, check, group_tables, load_source, table_meta
+from .backend import LinearGroup, RoutingPrologue, check, group_tables, load_source, table_meta
 from .source import generate
 
 ARCHS = {"sm_80": 80, "sm_90": 90}
@@ -56,12 +56,27 @@ def _ptxas_counts(log):
     return (int(regs[-1]) if regs else None), (int(spills[-1]) if spills else None)
 
 
-def compile_program(prog, tensors, stats=True):
-    """Compile every head group's kernel of a lowered Program (its target is the arch)."""
+def _build(fn, sig, constexprs, target, options):
+    """triton.compile one generated kernel; (compiled kernel, registers, spill bytes) from ptxas's log."""
     import triton
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
+    log = io.StringIO()
+    knobs = triton.knobs.nvidia
+    old = knobs.dump_ptxas_log
+    knobs.dump_ptxas_log = True           # ptxas -v's log (registers, spills) goes to stdout
+    try:
+        with contextlib.redirect_stdout(log):
+            kern = triton.compile(ASTSource(fn=JITFunction(fn), signature=sig, constexprs=constexprs), target=target,
+                                  options=options)
+    finally:
+        knobs.dump_ptxas_log = old
+    return (kern, *_ptxas_counts(log.getvalue()))
+
+
+def compile_program(prog, tensors, stats=True):
+    """Compile every head group's kernel of a lowered Program (its target is the arch)."""
+    from triton.backends.compiler import GPUTarget
 
     if prog.target not in ARCHS:
         raise ValueError(f"ahead-of-time compiles need a Program lowered for {sorted(ARCHS)}, got {prog.target!r}")
@@ -79,28 +94,27 @@ def compile_program(prog, tensors, stats=True):
         elem_ptr = POINTER[prog.dtype]
         for fn, sig in ((pro.sums, {"q": elem_ptr, "k": elem_ptr, "qm": "*fp32", "km": "*fp32"}),
                         (pro.topk, {"qm": "*fp32", "km": "*fp32", "route_idx": "*i32"})):
-            triton.compile(ASTSource(fn=JITFunction(fn), signature=sig), target=target, options={"num_warps": 4})
+            _build(fn, sig, {}, target, {"num_warps": 4})
         pro_secs = time.perf_counter() - t0
     results = []
     for grp in prog.groups:
-        shape, _ = group_tables(prog, grp, route)
-        fn = load_source(generate(prog, grp, shape, meta, route))
-        src = ASTSource(fn=JITFunction(fn), signature=signature(prog, meta, route is not None),
-                        constexprs={"STATS": stats})
         plan = grp.plan
-        log = io.StringIO()
+        opts = {"num_warps": plan.num_warps, "num_stages": plan.num_stages}
         t0 = time.perf_counter()
-        knobs = triton.knobs.nvidia
-        old = knobs.dump_ptxas_log
-        knobs.dump_ptxas_log = True           # ptxas -v's log (registers, spills) goes to stdout
-        try:
-            with contextlib.redirect_stdout(log):
-                kern = triton.compile(src, target=target,
-                                      options={"num_warps": plan.num_warps, "num_stages": plan.num_stages})
-        finally:
-            knobs.dump_ptxas_log = old
+        if prog.norm.kind == "linear":          # states and prefix build first; apply is the main kernel
+            lin = LinearGroup(prog, grp, meta)
+            tabs = {p: ("*fp32" if kind == "float" else "*i32") for p, _, kind in meta.values()}
+            f32, f64, i32, ptr = "*fp32", "*fp64", "*i32", POINTER[prog.dtype]
+            _build(lin.states, {"k": ptr, "v": ptr, "heads": i32, "st": f32, "zt": f64, **tabs}, {}, target, opts)
+            _build(lin.prefix, {"st": f32, "zt": f64, "pst": f32, "pzt": f64}, {}, target, {"num_warps": 4})
+            sig = {"q": ptr, "k": ptr, "v": ptr, "o": ptr, **{n: i32 for n in ("heads", "tcnt", "tlist", "tcls", "acls")},
+                   "st": f32, "zt": f64, "pst": f32, "pzt": f64, **tabs}
+            kern, regs, spills = _build(lin.apply, sig, {}, target, opts)
+        else:
+            shape, _ = group_tables(prog, grp, route)
+            fn = load_source(generate(prog, grp, shape, meta, route))
+            kern, regs, spills = _build(fn, signature(prog, meta, route is not None), {"STATS": stats}, target, opts)
         secs = time.perf_counter() - t0 + pro_secs
-        regs, spills = _ptxas_counts(log.getvalue())
         results.append(AotResult(prog.target, grp.heads, plan, int(kern.metadata.shared),
                                  shared_memory(plan, prog.dims.d, prog.dims.dv, elem), secs, regs, spills))
     return results

@@ -25,8 +25,9 @@ import torch
 from ...ir import symbols as S
 from ...ir.program import FULL
 from ...version import __version__
-from ..tiles import tile_tables
+from ..tiles import RuntimeLayout, tile_tables
 from ..routes import route_of, routed_tables
+from .linear import ROWS, generate_linear, linear_tables, value_block
 from .prologue import affinity_topk, region_sums
 from .source import KERNEL, GroupShape, generate, group_shape, pow2
 
@@ -37,9 +38,6 @@ class Unsupported(NotImplementedError):
 
 def unsupported(prog):
     """Why the backend cannot serve a (canonical or lowered) Program, or None."""
-    if prog.norm.kind == "linear":
-        return ("backend='triton' does not generate linear attention yet (it arrives with the routing and "
-                "linear attention issue); use backend='reference'")
     return route_of(prog, "triton")[1]
 
 
@@ -200,6 +198,9 @@ def group_tables(prog, grp, route):
         shape = routed_shape(prog, grp, route)
         cnt, lst, cls, acls = routed_tables(route, shape.BM)
         cnt = np.stack((cnt, cnt), -1)                  # every routed tile is FULL
+    elif RuntimeLayout.of(prog, grp) is not None:     # the tables come with each call's layout
+        nk = -(-grp.gather.Lk // grp.plan.block_n)
+        return group_shape(prog, grp, nk, tg=len(grp.heads) * grp.gather.G), [torch.tensor(grp.heads, dtype=torch.int32)]
     else:
         cnt, lst, cls = sweep_tables(grp)
         shape, acls = group_shape(prog, grp, lst.shape[-1]), grp.blocks.classes.astype(np.int32)
@@ -213,6 +214,9 @@ class GroupKernel:
     def __init__(self, prog, grp, meta, route=None):
         self.grp = grp
         self.shape, self.tables = group_tables(prog, grp, route)
+        self.layout = RuntimeLayout.of(prog, grp) if route is None else None
+        self.layout_at = list(meta).index(self.layout.name) if self.layout else None
+        self._tables = []           # the last call's layout and its tables
         t0 = time.perf_counter()
         self.source = generate(prog, grp, self.shape, meta, route)
         self.fn = load_source(self.source)
@@ -227,7 +231,10 @@ class GroupKernel:
 
     def launch(self, q, k, v, o, lse, tabs, stats, extra=()):
         plan = self.grp.plan
-        run(self.fn, (self.shape.programs,), q, k, v, o, lse, *self.tables_on(q.device), *extra, *tabs, STATS=stats,
+        tables = self.tables_on(q.device)
+        if self.layout is not None:         # this call's layout decides the key tiles
+            tables = [*tables, *self.layout.cached_tables(self._tables, self.grp, tabs[self.layout_at], True)]
+        run(self.fn, (self.shape.programs,), q, k, v, o, lse, *tables, *extra, *tabs, STATS=stats,
             num_warps=plan.num_warps, num_stages=plan.num_stages)
 
 
@@ -236,6 +243,46 @@ def run(fn, grid, *args, **kw):
     interpret = args[0].device.type == "cpu"
     with interpreter_patches(sys.modules[fn.__module__]) if interpret else contextlib.nullcontext():
         wrap(fn, interpret)[grid](*args, **kw)
+
+
+class LinearGroup:
+    """One linear-attention head group's three generated kernels (linear.py): tile states,
+    their prefix sums, the application to the query tiles."""
+
+    def __init__(self, prog, grp, meta):
+        self.grp = grp
+        cnt, lst, cls = linear_tables(grp)
+        self.shape = sh = group_shape(prog, grp, lst.shape[-1])
+        self.tables = [torch.tensor(grp.heads, dtype=torch.int32),
+                       *(torch.from_numpy(np.ascontiguousarray(x)) for x in (cnt, lst, cls, grp.blocks.classes.astype(np.int32)))]
+        t0 = time.perf_counter()
+        self.sources = generate_linear(prog, grp, sh, meta)
+        self.states, self.prefix, self.apply = (load_source(x) for x in self.sources)
+        self.seconds = time.perf_counter() - t0
+        self.nk = -(-sh.LK // sh.BN)
+        self._on = {}
+
+    @property
+    def source(self):
+        return "\n".join(self.sources)
+
+    tables_on = GroupKernel.tables_on
+
+    def launch(self, q, k, v, o, lse, tabs, stats, extra=()):
+        sh, plan = self.shape, self.grp.plan
+        heads, cnt, lst, cls, acls = self.tables_on(q.device)
+        items = sh.B * sh.HG * sh.G
+        f32 = dict(dtype=torch.float32, device=q.device)
+        st = torch.empty(items * self.nk, sh.DP, sh.DVP, **f32)
+        f64 = dict(dtype=torch.float64, device=q.device)
+        zt = torch.empty(items * self.nk, sh.DP, **f64)
+        pst = torch.empty(items * (self.nk + 1), sh.DP, sh.DVP, **f32)
+        pzt = torch.empty(items * (self.nk + 1), sh.DP, **f64)
+        kw = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+        nj = value_block(sh)[1]
+        run(self.states, (items * self.nk * nj,), k, v, heads, st, zt, *tabs, **kw)
+        run(self.prefix, (items * (sh.DP // min(ROWS, sh.DP)),), st, zt, pst, pzt, num_warps=4)
+        run(self.apply, (sh.programs * nj,), q, k, v, o, heads, cnt, lst, cls, acls, st, zt, pst, pzt, *tabs, **kw)
 
 
 class RoutingPrologue:
@@ -269,7 +316,8 @@ class TritonProgram:
                        for c in prog.constants}
         route, _ = route_of(prog, "triton")
         self.prologue = RoutingPrologue(prog, route) if route else None
-        self.groups = [GroupKernel(prog, grp, self.meta, route) for grp in prog.groups]
+        self.groups = [LinearGroup(prog, grp, self.meta) if prog.norm.kind == "linear"
+                       else GroupKernel(prog, grp, self.meta, route) for grp in prog.groups]
 
     @property
     def source(self):

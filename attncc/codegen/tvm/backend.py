@@ -7,7 +7,7 @@ from ...ir import symbols as S
 from .build import compile_source
 from .linear import generate_linear
 from .per_query import generate_per_query
-from ..tiles import tile_tables
+from ..tiles import RuntimeLayout, tile_tables
 from ..routes import route_of, routed_tables
 from .source import GroupShape, generate, group_shape
 
@@ -85,6 +85,13 @@ class TVMProgram:
                     args = [torch.tensor(grp.heads, dtype=torch.int32), *(torch.from_numpy(x) for x in (cnt, lst, cls, acls))]
                     groups.append((comp, args))
                     continue
+                layout = RuntimeLayout.of(self.prog, grp)
+                if layout is not None:      # the tables come with each call's layout (__call__)
+                    nk = -(-grp.gather.Lk // grp.plan.block_n)
+                    shape = group_shape(self.prog, grp, nk, tg=len(grp.heads) * grp.gather.G)
+                    comp = compile_source(generate(self.prog, grp, shape, self.meta, self.skip, stats), [])
+                    groups.append((comp, [torch.tensor(grp.heads, dtype=torch.int32), [], layout]))   # [] caches tables
+                    continue
                 cnt, lst, cls = tile_tables(grp)
                 shape = group_shape(self.prog, grp, lst.shape[-1])
                 if self.prog.norm.kind == "linear":
@@ -118,7 +125,10 @@ class TVMProgram:
         if route is not None:           # the kernel's routing prologue writes it (return_routing)
             self.route_idx = torch.empty(B, route.count, route.topk, dtype=torch.int32)
             extra = [self.route_idx]
-        for comp, args in self.kernels(return_lse):
+        for (comp, args), grp in zip(self.kernels(return_lse), self.prog.groups):
+            if isinstance(args[-1], RuntimeLayout):         # this call's layout decides the key tiles
+                layout = args[-1]
+                args = [args[0], *layout.cached_tables(args[-2], grp, tabs[self.names.index(layout.name)])]
             comp.fn(qf, kf, vf, o, lse, *args, *extra, *tabs)
         o = o.to(q.dtype)
         return (o, lse) if return_lse else o

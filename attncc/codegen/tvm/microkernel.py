@@ -69,7 +69,7 @@ def skips_atoms(sh, grp):
 
 def _atom_class(sh, row, col):
     """The class of the atom holding tile row `row` and tile column `col` (text)."""
-    return (f"acls[g, T.min(T.floordiv(qi * {sh.BM} + {row}, {sh.AQ}), {sh.NQA - 1}), "
+    return (f"acls[{sh.tg}, T.min(T.floordiv(qi * {sh.BM} + {row}, {sh.AQ}), {sh.NQA - 1}), "
             f"T.min(T.floordiv(kb * {sh.BN} + {col}, {sh.AK}), {sh.NKA - 1})]")
 
 
@@ -112,7 +112,7 @@ def _mask_partial_row(w, sh, pair_ok, kslot):
         return
     w(f"for ca in range({sh.BN // sh.AK}):")
     with w.block():
-        w(f"acl = acls[g, T.min(T.floordiv(t, {sh.AQ}), {sh.NQA - 1}), "
+        w(f"acl = acls[{sh.tg}, T.min(T.floordiv(t, {sh.AQ}), {sh.NQA - 1}), "
           f"T.min(T.floordiv(kb * {sh.BN}, {sh.AK}) + ca, {sh.NKA - 1})]")
         w(f"if acl == {EMPTY}:")
         with w.block():

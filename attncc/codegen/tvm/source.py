@@ -53,9 +53,19 @@ class GroupShape:
     BMP: int
     BNP: int
     DVP: int
+    TG: int = 0         # rows of the tile tables: G, or HG * G for per-call tables of a per-head layout
+
+    @property
+    def tg(self):
+        """The kernel's row of the tile tables (text)."""
+        return "g" if self.TG in (0, self.G) else f"hh * {self.G} + g"
+
+    @property
+    def table_rows(self):
+        return self.TG or self.G
 
 
-def group_shape(prog, grp, kmax):
+def group_shape(prog, grp, kmax, tg=0):
     d, gat, plan = prog.dims, grp.gather, grp.plan
     aq, ak = grp.blocks.atom
     MR, VW = plan.unroll, plan.vector
@@ -63,7 +73,7 @@ def group_shape(prog, grp, kmax):
                       LK=gat.Lk, BM=plan.block_m, BN=plan.block_n, NQ=-(-gat.Lq // plan.block_m),
                       NK=-(-gat.Lk // plan.block_n), KMAX=kmax, AQ=aq, AK=ak, NQA=-(-gat.Lq // aq),
                       NKA=-(-gat.Lk // ak), MR=MR, VW=VW, BMP=_up(plan.block_m, MR), BNP=_up(plan.block_n, max(VW, 8)),
-                      DVP=_up(d.dv, 8))
+                      DVP=_up(d.dv, 8), TG=tg)
 
 
 class _Writer:
@@ -187,10 +197,10 @@ def kernel_params(sh, tables, extra=()):
               f"o: T.Buffer(({sh.B}, {sh.H}, {sh.N}, {sh.DV}), \"float32\")",
               f"lse: T.Buffer(({sh.B}, {sh.H}, {sh.N}), \"float32\")",
               f"heads: T.Buffer(({sh.HG},), \"int32\")",
-              f"tcnt: T.Buffer(({sh.G}, {sh.NQ}), \"int32\")",
-              f"tlist: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
-              f"tcls: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
-              f"acls: T.Buffer(({sh.G}, {sh.NQA}, {sh.NKA}), \"int32\")"]
+              f"tcnt: T.Buffer(({sh.table_rows}, {sh.NQ}), \"int32\")",
+              f"tlist: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
+              f"tcls: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
+              f"acls: T.Buffer(({sh.table_rows}, {sh.NQA}, {sh.NKA}), \"int32\")"]
     return params + list(extra) + [f"{n}: T.Buffer({tuple(s)}, \"{dt}\")" for n, (s, _, dt) in tables.items()]
 
 
@@ -307,10 +317,10 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
         names.update({sym: (f"{sym}[{col}]", k) for buf, sym, _, k in hoisted if buf == "hcol"})
         return TIRPrinter(names, Pq.tables)(post, "float")
     atoms = ks == "g, kb" and skips_atoms(sh, grp)      # routed tiles are whole regions: no atoms
-    w("for kk in range(tcnt[g, qi]):")
+    w(f"for kk in range(tcnt[{sh.tg}, qi]):")
     with w.block():
-        w("kb = tlist[g, qi, kk]")
-        w("cls = tcls[g, qi, kk]")
+        w(f"kb = tlist[{sh.tg}, qi, kk]")
+        w(f"cls = tcls[{sh.tg}, qi, kk]")
         if ks != "g, kb":
             w("rsel = route_idx[b, g, kb]")
         cols = [(sym, text) for buf, sym, text, _ in hoisted if buf == "hcol"]
