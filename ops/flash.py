@@ -1,6 +1,7 @@
 """Dense-source families (MHA-style): full, causal, local and dilated windows, block-sparse,
 ALiBi and soft-capping. Their kernels skip empty tiles of the static block classification."""
 import numpy as np
+import torch
 
 import attncc as ac
 from attncc.ir.program import Dims
@@ -37,6 +38,12 @@ def block_sparse_spec(n_blocks, block=64, local=1, stride=4):
     return ac.Attention(ac.block_sparse(layout, (block, block)))
 
 
+def call_layout(dims, gen, block=64, density=0.3):
+    """A per-head layout for block_sparse("layout"): random blocks and the diagonal."""
+    n = -(-dims.N // block)
+    return {"layout": (torch.rand(dims.H, n, n, generator=gen) < density) | torch.eye(n, dtype=torch.bool)}
+
+
 CATALOGUE = [
     Entry("full", "flash", mha_spec(), Dims(1, 4, 512, 512, 64, 64)),
     Entry("causal", "flash", mha_spec(causal=True), Dims(1, 4, 512, 512, 64, 64)),
@@ -46,4 +53,7 @@ CATALOGUE = [
     Entry("alibi_causal", "flash", alibi_spec(), Dims(1, 4, 512, 512, 64, 64)),
     Entry("softcap_causal", "flash", softcap_spec(), Dims(1, 4, 512, 512, 64, 64)),
     Entry("block_sparse", "flash", block_sparse_spec(8), Dims(1, 4, 512, 512, 64, 64)),
+    # the layout is a tensor of each call (kern(q, k, v, layout=...)): one kernel for any layout
+    Entry("block_sparse_call", "flash", ac.Attention(ac.block_sparse("layout", (64, 64))), Dims(1, 4, 512, 512, 64, 64),
+          call_layout),
 ]

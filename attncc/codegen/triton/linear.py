@@ -118,21 +118,27 @@ def value_block(sh):
     return dvb, sh.DVP // dvb
 
 
+def _decode(w, sh, inner, count):
+    """The block of dv `jb` (fastest), then decode_pid's indices of the tile `tile`."""
+    nj = value_block(sh)[1]
+    w("pid = tl.program_id(0)")
+    w(f"jb = pid % {nj}")
+    w(f"tile = pid // {nj}")
+    decode_pid(w, sh, inner, count, "tile")
+
+
 def _printer(tables):
     return TritonPrinter({S.g: ("g", "int"), S.b: ("b", "int"), S.h: ("h", "int")}, tables)
 
 
 def states_source(prog, grp, sh, tables):
     gat, NK = grp.gather, -(-sh.LK // sh.BN)
-    dvb, nj = value_block(sh)
+    dvb = value_block(sh)[0]
     Pk = _printer(tables).with_names({S.u: ("u", "int")})
     w = _Writer()
     w(f"def {KERNEL}({_params(tables, 'k', 'v', 'heads', 'st', 'zt')}):")
     w.depth += 1
-    w("pid = tl.program_id(0)")
-    w(f"jb = pid % {nj}")
-    w(f"tile = pid // {nj}")
-    decode_pid(w, sh, "kb", NK, "tile")
+    _decode(w, sh, "kb", NK)
     w(f"dd = tl.arange(0, {sh.DP})")
     w(f"dvv = jb * {dvb} + tl.arange(0, {dvb})")
     _key_rows(w, sh, Pk, gat)
@@ -170,7 +176,7 @@ def prefix_source(sh):
 
 def apply_source(prog, grp, sh, tables):
     gat, NK, fmap = grp.gather, -(-sh.LK // sh.BN), prog.norm.feature_map
-    dvb, nj = value_block(sh)
+    dvb = value_block(sh)[0]
     P = _printer(tables)
     partial = bool((grp.blocks.classes == PARTIAL).any())
     residual = grp.residual if grp.residual is not None and grp.residual is not sympy.true else None
@@ -186,10 +192,7 @@ def apply_source(prog, grp, sh, tables):
     w = _Writer()
     w(f"def {KERNEL}({_params(tables, 'q', 'k', 'v', 'o', 'heads', 'tcnt', 'tlist', 'tcls', 'acls', 'st', 'zt', 'pst', 'pzt')}):")
     w.depth += 1
-    w("pid = tl.program_id(0)")
-    w(f"jb = pid % {nj}")
-    w(f"tile = pid // {nj}")
-    decode_pid(w, sh, "qi", sh.NQ, "tile")
+    _decode(w, sh, "qi", sh.NQ)
     query_tile(w, sh, P, gat)
     w(f"dvv = jb * {dvb} + tl.arange(0, {dvb})")
     w("qf = qt.to(tl.float32)")
