@@ -208,3 +208,53 @@ def test_hilo_equals_litv2_procedure(ws, alpha):
     want, got = hilo_procedure(mod, x, H, W), mod(x, H, W)
     close(got, want)
     close(torch.autograd.grad(got.square().sum(), x)[0], torch.autograd.grad(want.square().sum(), x)[0], 1e-4)
+
+
+def biformer_procedure(mod, x):
+    """BiFormer's bi-level routing attention as published (its legacy module, configuration
+    qkvo, identity kv downsampling, hard non-differentiable routing): regions of the map, region
+    means of q and k, top-k routed regions, K and V gathered per query region, attention, plus
+    the depthwise-conv context on v, then the output Linear."""
+    B, H, W, C = x.shape
+    n, m, qk = mod.n_win, mod.num_heads, mod.qk_dim
+    h, w = H // n, W // n
+    regions = x.reshape(B, n, h, n, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, n * n, h * w, C)
+    q, k, v = mod.qkv.qkv(regions).split([qk, qk, C], dim=-1)                 # [B, n^2, hw, c]
+    logits = (q.mean(2) * mod.scale) @ k.mean(2).transpose(-1, -2)           # [B, n^2, n^2]
+    idx = torch.topk(logits.detach(), mod.topk, dim=-1).indices              # [B, n^2, topk]
+    sel = idx[..., None, None].expand(-1, -1, -1, h * w, qk + C)
+    kv = torch.gather(torch.cat((k, v), -1)[:, None].expand(-1, n * n, -1, -1, -1), 2, sel)
+    ks, vs = kv.reshape(B, n * n, -1, qk + C).split([qk, C], dim=-1)        # [B, n^2, topk*hw, c]
+    split = lambda t: t.reshape(*t.shape[:3], m, -1).transpose(2, 3)         # [B, n^2, m, L, c/m]
+    attn = torch.softmax(split(q) * mod.scale @ split(ks).transpose(-1, -2), dim=-1)
+    out = (attn @ split(vs)).transpose(2, 3).reshape(B, n, n, h, w, C).permute(0, 1, 3, 2, 4, 5)
+    out = out.reshape(B, H, W, C)
+    vmap = v.reshape(B, n, n, h, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)
+    out = out + mod.lepe(vmap.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    return mod.wo(out)
+
+
+@pytest.mark.parametrize("grid,n_win,topk,heads", [((14, 14), 7, 4, 2), ((12, 8), 4, 3, 4)], ids=["t14", "rect"])
+def test_biformer_module_equals_biformer_procedure(grid, n_win, topk, heads):
+    from attncc.ops.routing import BiLevelRoutingAttention
+    torch.manual_seed(0)
+    mod = BiLevelRoutingAttention(32, heads, n_win=n_win, topk=topk)
+    assert sorted(mod.state_dict()) == ["lepe.bias", "lepe.weight", "qkv.qkv.bias", "qkv.qkv.weight", "wo.bias",
+                                        "wo.weight"]
+    x = torch.randn(2, *grid, 32, requires_grad=True)
+    want, got = biformer_procedure(mod, x), mod(x)
+    close(got, want)
+    close(torch.autograd.grad(got.square().sum(), x)[0], torch.autograd.grad(want.square().sum(), x)[0], 1e-4)
+
+
+def test_biformer_module_pads_like_biformer_and_names_the_fix():
+    from attncc.ops.routing import BiLevelRoutingAttention
+    mod = BiLevelRoutingAttention(16, 2, n_win=4, topk=2)
+    with pytest.raises(ValueError, match=r"the map 10 x 12 must be divisible by n_win=4; pad it or pass auto_pad=True"):
+        mod(torch.randn(1, 10, 12, 16))
+    mod.auto_pad = True
+    x = torch.randn(1, 10, 12, 16)
+    got = mod(x)
+    want = biformer_procedure(mod, torch.nn.functional.pad(x, (0, 0, 0, 0, 0, 2)))[:, :10]
+    assert got.shape == (1, 10, 12, 16)
+    close(got, want)
