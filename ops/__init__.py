@@ -1,7 +1,7 @@
 """Ready-made attention families built on the DSL, one module per family of PATTERNS.md,
 each with its spec constructors and its drop-in nn.Modules: window.WindowAttention (timm's
 Swin), neighborhood.NeighborhoodAttention2D (NATTEN), axial.AxialAttention,
-sigmoid.SigmoidAttention, hilo.HiLo (LITv2; derived from window2d and full attention),
+sigmoid.SigmoidAttention, linear.LinearAttention, hilo.HiLo (LITv2; derived from window2d and full attention),
 routing.BiLevelRoutingAttention (BiFormer).
 
 ``CATALOGUE`` lists one Entry per pattern; ``attncc demo`` and ``attncc check`` walk it.

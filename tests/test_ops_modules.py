@@ -258,3 +258,43 @@ def test_biformer_module_pads_like_biformer_and_names_the_fix():
     want = biformer_procedure(mod, torch.nn.functional.pad(x, (0, 0, 0, 0, 0, 2)))[:, :10]
     assert got.shape == (1, 10, 12, 16)
     close(got, want)
+
+
+def linear_procedure(mod, x, grid=None):
+    """Katharopoulos et al.'s linear attention, eager: phi(Q) (phi(K)^T V) / phi(Q) phi(K)^T 1,
+    causal by cumulative sums over the keys, per window by partitioning the map."""
+    phi = {"elu1": lambda t: torch.nn.functional.elu(t) + 1, "relu": torch.relu}[mod.feature_map]
+    q, k, v = (phi(t) if i < 2 else t for i, t in enumerate(project(mod, x)))
+    B, H, N, d = q.shape
+    if mod.window is not None:
+        (R, C), (wr, wc) = grid, mod.window
+        part = lambda t: t.reshape(B, H, R // wr, wr, C // wc, wc, -1).permute(0, 1, 2, 4, 3, 5, 6).reshape(
+            B, H, -1, wr * wc, t.shape[-1])
+        q, k, v = part(q), part(k), part(v)
+    else:
+        q, k, v = q[:, :, None], k[:, :, None], v[:, :, None]
+    if mod.causal:
+        kv = torch.cumsum(k[..., :, None] * v[..., None, :], dim=-3)              # [..., n, d, dv]
+        num, den = torch.einsum("...nd,...nde->...ne", q, kv), (q * torch.cumsum(k, dim=-2)).sum(-1)
+    else:
+        num, den = q @ (k.transpose(-1, -2) @ v), q @ k.sum(-2)[..., None]
+        den = den[..., 0]
+    o = num / (den[..., None] + mod.eps)
+    if mod.window is not None:
+        (R, C), (wr, wc) = grid, mod.window
+        o = o.reshape(B, H, R // wr, C // wc, wr, wc, -1).permute(0, 1, 2, 4, 3, 5, 6)
+    return unproject(mod, o.reshape(B, H, N, -1))
+
+
+@pytest.mark.parametrize("fmap,causal,window", [("elu1", False, None), ("relu", True, None), ("elu1", False, (2, 3))],
+                         ids=["elu1", "relu_causal", "elu1_window"])
+def test_linear_attention_equals_katharopoulos_procedure(fmap, causal, window):
+    from attncc.ops.linear import LinearAttention
+    mod = LinearAttention(32, 4, feature_map=fmap, causal=causal, window=window)
+    grid = (4, 6) if window else None
+    x = torch.randn(2, 24, 32, requires_grad=True)
+    want, got = linear_procedure(mod, x, grid), mod(x, grid)
+    close(got, want)
+    close(torch.autograd.grad(got.square().sum(), x)[0], torch.autograd.grad(want.square().sum(), x)[0], 1e-4)
+    with pytest.raises(ValueError, match="needs forward"):
+        mod(x, None if window else (4, 6))
