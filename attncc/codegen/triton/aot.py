@@ -107,7 +107,8 @@ def compile_program(prog, tensors, stats=True):
             f32, f64, i32, ptr = "*fp32", "*fp64", "*i32", POINTER[prog.dtype]
             _build(lin.states, {"k": ptr, "v": ptr, "heads": i32, "st": f32, "zt": f64, **tabs}, {}, target, opts)
             _build(lin.prefix, {"st": f32, "zt": f64, "pst": f32, "pzt": f64}, {}, target, {"num_warps": 4})
-            sig = {"q": ptr, "k": ptr, "v": ptr, "o": ptr, **{n: i32 for n in ("heads", "tcnt", "tlist", "tcls", "acls")},
+            sig = {"q": ptr, "k": ptr, "v": ptr, "o": ptr,
+                   **{n: i32 for n in ("heads", "tcnt", "tlist", "tcls", "acls")},
                    "st": f32, "zt": f64, "pst": f32, "pzt": f64, **tabs}
             kern, regs, spills = _build(lin.apply, sig, {}, target, opts)
         else:

@@ -200,7 +200,8 @@ def group_tables(prog, grp, route):
         cnt = np.stack((cnt, cnt), -1)                  # every routed tile is FULL
     elif RuntimeLayout.of(prog, grp) is not None:     # the tables come with each call's layout
         nk = -(-grp.gather.Lk // grp.plan.block_n)
-        return group_shape(prog, grp, nk, tg=len(grp.heads) * grp.gather.G), [torch.tensor(grp.heads, dtype=torch.int32)]
+        heads = torch.tensor(grp.heads, dtype=torch.int32)
+        return group_shape(prog, grp, nk, tg=len(grp.heads) * grp.gather.G), [heads]
     else:
         cnt, lst, cls = sweep_tables(grp)
         shape, acls = group_shape(prog, grp, lst.shape[-1]), grp.blocks.classes.astype(np.int32)
@@ -253,8 +254,9 @@ class LinearGroup:
         self.grp = grp
         cnt, lst, cls = linear_tables(grp)
         self.shape = sh = group_shape(prog, grp, lst.shape[-1])
+        acls = grp.blocks.classes.astype(np.int32)
         self.tables = [torch.tensor(grp.heads, dtype=torch.int32),
-                       *(torch.from_numpy(np.ascontiguousarray(x)) for x in (cnt, lst, cls, grp.blocks.classes.astype(np.int32)))]
+                       *(torch.from_numpy(np.ascontiguousarray(x)) for x in (cnt, lst, cls, acls))]
         t0 = time.perf_counter()
         self.sources = generate_linear(prog, grp, sh, meta)
         self.states, self.prefix, self.apply = (load_source(x) for x in self.sources)
@@ -272,9 +274,8 @@ class LinearGroup:
         sh, plan = self.shape, self.grp.plan
         heads, cnt, lst, cls, acls = self.tables_on(q.device)
         items = sh.B * sh.HG * sh.G
-        f32 = dict(dtype=torch.float32, device=q.device)
+        f32, f64 = (dict(dtype=dt, device=q.device) for dt in (torch.float32, torch.float64))
         st = torch.empty(items * self.nk, sh.DP, sh.DVP, **f32)
-        f64 = dict(dtype=torch.float64, device=q.device)
         zt = torch.empty(items * self.nk, sh.DP, **f64)
         pst = torch.empty(items * (self.nk + 1), sh.DP, sh.DVP, **f32)
         pzt = torch.empty(items * (self.nk + 1), sh.DP, **f64)

@@ -190,7 +190,8 @@ def apply_source(prog, grp, sh, tables):
     pair_ok = (f"(ac == {FULL})" + (f" | ((ac == {PARTIAL}) & {res_text})" if res_text else "")) if coarse else res_text
 
     w = _Writer()
-    w(f"def {KERNEL}({_params(tables, 'q', 'k', 'v', 'o', 'heads', 'tcnt', 'tlist', 'tcls', 'acls', 'st', 'zt', 'pst', 'pzt')}):")
+    params = _params(tables, "q", "k", "v", "o", "heads", "tcnt", "tlist", "tcls", "acls", "st", "zt", "pst", "pzt")
+    w(f"def {KERNEL}({params}):")
     w.depth += 1
     _decode(w, sh, "qi", sh.NQ)
     query_tile(w, sh, P, gat)

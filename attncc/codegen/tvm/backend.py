@@ -90,7 +90,8 @@ class TVMProgram:
                     nk = -(-grp.gather.Lk // grp.plan.block_n)
                     shape = group_shape(self.prog, grp, nk, tg=len(grp.heads) * grp.gather.G)
                     comp = compile_source(generate(self.prog, grp, shape, self.meta, self.skip, stats), [])
-                    groups.append((comp, [torch.tensor(grp.heads, dtype=torch.int32), [], layout]))   # [] caches tables
+                    heads = torch.tensor(grp.heads, dtype=torch.int32)
+                    groups.append((comp, [heads, [], layout]))      # [] caches the last layout's tables
                     continue
                 cnt, lst, cls = tile_tables(grp)
                 shape = group_shape(self.prog, grp, lst.shape[-1])
