@@ -1,6 +1,7 @@
 """The register-tiled pieces of the generated CPU kernels, shared by the softmax and linear
 kernels: QK^T into the score tile, the atom-wise mask of a PARTIAL tile, acc += s V with V rows
-read in place through the key map, and the EMPTY-atom skipping of partial tiles."""
+read in place through the key map, and the EMPTY-atom skipping of partial tiles; `gemm`, the
+register-tiled product of the linear-attention kernels."""
 from ...ir.program import EMPTY, PARTIAL
 
 
@@ -133,3 +134,46 @@ def tile_loop(w, rows, lanes, body):
         w(f"for ci in T.vectorized({lanes}):")
         with w.block():
             w(body)
+
+
+def row_groups(rows):
+    """Register tiles along the rows: (first row, rows per tile, tiles): 6 rows (12
+    accumulators of 8 lanes), the rest in one tile."""
+    return [(r0, mr, n) for r0, mr, n in ((0, 6, rows // 6), (rows // 6 * 6, rows % 6, 1)) if mr and n]
+
+
+def reduce_over(n):
+    """A reduction over x in [0, n) for gemm."""
+    def red(w, r0, mr):
+        w(f"for x in range({n}):")
+        return 1
+    return red
+
+
+def gemm(w, rows, cols, PW, cell, a, b, red, init=False, guard=None):
+    """cell(r, j) (+)= sum over x of a(r, x) * b(x, j) for r < rows, j < cols: register tiles of
+    up to 6 rows x PW lanes, column blocks outer (a [x, PW] slice of b stays in L1 across the
+    row groups). red(w, r0, mr) writes the loops over x (returns how many it opened);
+    guard(r0, mr, j0): the register tile is computed only where it holds (text)."""
+    w(f"for jg in range({cols // PW}):")
+    with w.block():
+        for first, MR, n in row_groups(rows):
+            w(f"for rg in range({n}):")
+            with w.block():
+                r0 = f"{first} + rg * {MR}"
+                row, col = f"{r0} + ri", f"jg * {PW} + ci"
+                depth = w.depth
+                if guard is not None:
+                    w(f"if {guard(r0, MR, f'jg * {PW}')}:")
+                    w.depth += 1
+                if init:
+                    tile_loop(w, MR, PW, f"{cell(row, col)} = T.float32(0)")
+                w.depth += red(w, r0, MR)
+                tile_loop(w, MR, PW, f"{cell(row, col)} = {cell(row, col)} + {a(row, 'x')} * {b('x', col)}")
+                w.depth = depth
+
+
+def live_atoms(sh, r0, mr, c0):
+    """Whether the register tile of rows r0..r0+mr-1 at key column c0 touches an atom that is
+    not EMPTY (text; its rows lie in at most two atoms, its lanes in one)."""
+    return f"T.Or({_atom_class(sh, r0, c0)} != {EMPTY}, {_atom_class(sh, f'{r0} + {mr - 1}', c0)} != {EMPTY})"
