@@ -36,11 +36,14 @@ DEFAULTS["sm_90"] = dict(block_m=64, wide_block_m=128, block_n=64, num_warps=4, 
                          num_stages=2)
 # linear attention's key chunk when no chunk needs the quadratic form
 LINEAR_WHOLE_KEYS = 256
-# linear attention's chunk on CPU when each query's FULL keys are a growing prefix (causal):
-# the TVM kernel scans the chunks with one running state, so a chunk of one atom costs no
-# state traffic and makes the quadratic form on the diagonal 4x smaller than chunks of 64
-# (B1 H8 N4096 d64: 16: 6.4 ms, 32: 7.2 ms, 64: 7.8 ms)
+# linear attention's chunk on CPU when each query's FULL keys are a growing prefix (causal)
+# and there are tasks (batch x head x group) for more than one core: the TVM kernel then scans
+# the chunks with one running state per task, so a chunk of one atom costs no state traffic
+# and makes the diagonal's quadratic form 4x smaller than chunks of 64 (B1 H8 N4096 d64:
+# 16: 6.4 ms, 32: 7.2, 64: 7.8). One task (B1 H1) runs the tiled schedule, chunks of 64
+# (1.09 ms; the scan, one core: 1.62)
 LINEAR_SCAN_CHUNK = {"tvm": 16}
+SCAN_TASKS = 2
 # bytes per element of the tiles a GPU kernel stages, by input dtype (CPU kernels work in fp32)
 ELEM_BYTES = {"float16": 2, "bfloat16": 2}
 
@@ -51,6 +54,12 @@ def full_prefix(classes):
     full = classes == FULL
     n = full.sum(-1)
     return bool((full == (np.arange(full.shape[-1]) < n[..., None])).all() and (np.diff(n, axis=-1) >= 0).all())
+
+
+def linear_scans(classes, tasks):
+    """Whether a CPU linear-attention kernel of `tasks` (batch, head, group) tasks scans its
+    chunks with a running state (tile classes `classes`)."""
+    return tasks >= SCAN_TASKS and full_prefix(classes)
 
 
 def _elem_bytes(prog):
@@ -90,7 +99,7 @@ def default_plan(grp, dims, target, elem_bytes=4, linear=False):
         # quadratic form only on the chunks the mask cuts); with nothing to cut (full
         # attention, windows), key chunks of 256 keep the prefix of chunk states short
         cls = grp.blocks.classes
-        if (cls == PARTIAL).any() and full_prefix(cls):
+        if (cls == PARTIAL).any() and linear_scans(cls, dims.B * len(grp.heads) * gat.G):
             chunk = LINEAR_SCAN_CHUNK.get(target, chunk)
         bm = bn = chunk
         if not (cls == PARTIAL).any():

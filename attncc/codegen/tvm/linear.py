@@ -23,12 +23,10 @@ amplify the fp32 rounding of z beyond the textbook quadratic form's.
 """
 from ...ir import symbols as S
 from ...ir.program import EMPTY, FULL, PARTIAL
-from ...passes.plan import full_prefix
+from ...passes.plan import linear_scans
 from .printer import TIRPrinter
 from .microkernel import gemm, live_atoms, reduce_over, value_lanes
 from .source import _chunk, close_kernel, key_tables, key_tile_tasks, open_kernel, query_row, task_item
-
-THREADS = 2         # the scan schedule needs tasks for every thread (source._chunk's count)
 
 
 def _phi_elem(name, x, fs="fs[0]"):
@@ -229,13 +227,6 @@ def _count_full(w):
         w(f"if tcls[g, qi, kk] == {FULL}:")
         with w.block():
             w("nf[0] = nf[0] + 1")
-
-
-def _scan_ok(sh, tiles):
-    """The scan schedule serves the group: every query tile's FULL key tiles are tiles 0..n-1
-    with n non-decreasing along the query tiles, and there are tasks for every thread."""
-    tasks = sh.B * sh.HG * sh.G
-    return full_prefix(tiles) and (tasks % THREADS == 0 or tasks >= 2 * THREADS)
 
 
 def _pack(w, sh, fmap, rows, first="0", kt=False):
@@ -476,5 +467,6 @@ def generate_linear(prog, grp, shape, tables):
     atoms = _skips_atoms(sh, grp, tiles)
     w = open_kernel(sh, tables, "the IR (linear attention)")
     key_tables(w, sh, P, gat)
-    (_scan if _scan_ok(sh, tiles) else _tiled)(w, sh, P, gat, norm.feature_map, norm, pair, partial, atoms)
+    schedule = _scan if linear_scans(tiles, sh.B * sh.HG * sh.G) else _tiled
+    schedule(w, sh, P, gat, norm.feature_map, norm, pair, partial, atoms)
     return close_kernel(w)
