@@ -146,13 +146,15 @@ class MultiheadAttention(Compiled, torch.nn.MultiheadAttention):
             raise RuntimeError("Need attn_mask if specifying the is_causal hint (as torch.nn.MultiheadAttention); "
                                "pass the causal mask, e.g. nn.Transformer.generate_square_subsequent_mask(L)")
         batched = query.dim() == 3
+        # work batch-first, [B, L, E]: the kernel reads q, k, v as views of the projections and
+        # writes its output token-major, so neither side needs a transposing copy
         if not batched:
-            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
-        elif self.batch_first:
+        elif not self.batch_first:
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))
-        L, B, E = query.shape
+        B, L, E = query.shape
         H, hd = self.num_heads, self.head_dim
         if self._qkv_same_embed_dim:
             w_q, w_k, w_v = self.in_proj_weight.chunk(3)
@@ -164,13 +166,13 @@ class MultiheadAttention(Compiled, torch.nn.MultiheadAttention):
         q, k, v = F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
         if attn_mask is not None and attn_mask.dim() == 3 and attn_mask.shape[0] != B * H:
             raise RuntimeError(f"attn_mask of shape {tuple(attn_mask.shape)} must be [L, S] or "
-                               f"[batch * num_heads, L, S] = [{B * H}, {L}, {key.shape[0]}]")
+                               f"[batch * num_heads, L, S] = [{B * H}, {L}, {key.shape[1]}]")
         if self.bias_k is not None:
-            k = torch.cat([k, self.bias_k.repeat(1, B, 1)])
-            v = torch.cat([v, self.bias_v.repeat(1, B, 1)])
+            k = torch.cat([k, self.bias_k.transpose(0, 1).expand(B, 1, E)], dim=1)
+            v = torch.cat([v, self.bias_v.transpose(0, 1).expand(B, 1, E)], dim=1)
             attn_mask, key_padding_mask = _pad_masks(attn_mask, key_padding_mask)
-        # [S, B, E] -> [B, H, S, hd]
-        q, k, v = (x.reshape(x.shape[0], B, H, hd).permute(1, 2, 0, 3) for x in (q, k, v))
+        # [B, S, E] -> [B, H, S, hd] (views)
+        q, k, v = (x.reshape(B, x.shape[1], H, hd).transpose(1, 2) for x in (q, k, v))
         if self.add_zero_attn:
             k = torch.cat([k, k.new_zeros(B, H, 1, hd)], dim=2)
             v = torch.cat([v, v.new_zeros(B, H, 1, hd)], dim=2)
@@ -192,12 +194,12 @@ class MultiheadAttention(Compiled, torch.nn.MultiheadAttention):
             out = weights @ v
         else:
             out = self._attend(sig, q, k, v, tensors)
-        out = out.permute(2, 0, 1, 3).reshape(L, B, E)
+        out = out.transpose(1, 2).reshape(B, L, E)
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
-        if self.batch_first and batched:
-            out = out.transpose(0, 1)
         if not batched:
-            out = out.squeeze(1)
+            out = out.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
         if not need_weights:
             return out, None
         if average_attn_weights:

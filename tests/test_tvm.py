@@ -17,6 +17,7 @@ from attncc.dsl import patterns as P
 from attncc.ir.program import Dims
 from attncc.ops import CATALOGUE
 
+from attncc.runtime.inputs import layouts
 from oracle import check_against_oracle, make_inputs
 from strategies import specs
 from test_reference import CASES
@@ -180,3 +181,55 @@ def test_tvm_head_dims_16_to_256(spec, d, dv):
     # value dims that are not a multiple of 8 run narrower PV register tiles (V is read in place)
     q, k, v = make_inputs(Dims(1, 2, 80, 80, d, dv))
     check_against_oracle(spec, q, k, v, backend="tvm")
+
+
+def odd_strided(x, seed):
+    """x [B, H, N, d] as a token-major view with padded rows and an odd offset ([B, N, H + 1,
+    d + 3] storage), as a packed qkv projection's q, k and v are."""
+    B, H, N, d = x.shape
+    buf = torch.randn(B, N, H + 1, d + 3, generator=torch.Generator().manual_seed(seed)).to(x.dtype)
+    view = buf[:, :, 1:, 2:2 + d].transpose(1, 2)
+    view.copy_(x)
+    return view
+
+
+@pytest.mark.parametrize("name", TVM_CASES)
+def test_tvm_reads_strided_operands_in_place_and_writes_token_major(name):
+    """q, k, v that are views (a packed projection's layout) are read in place by a kernel
+    specialised on their strides, with the same results as compact copies, and the output
+    comes back token-major ([B, N, H, dv] memory: the output projection's transpose is free)."""
+    spec, dims, tensors = CASES[name]
+    q, k, v = make_inputs(dims)
+    kern = ac.compile(spec, backend="tvm")
+    lse = not isinstance(spec.normalizer, type(ac.linear()))
+    want = kern(q, k, v, return_lse=lse, **tensors)
+    qs, ks, vs = (odd_strided(x, i) for i, x in enumerate((q, k, v)))
+    got = kern(qs, ks, vs, return_lse=lse, **tensors)
+    comp = kern.compiled(dims, "float32", layouts(spec, tensors, dims))
+    assert "strides=(" in comp.source, "the strided call did not get a strided kernel"
+    for a, b in zip(got if lse else (got,), want if lse else (want,)):
+        assert torch.equal(a, b)
+    out = got[0] if lse else got
+    assert out.transpose(1, 2).is_contiguous()
+
+
+def test_tvm_parallel_loops_run_on_torchs_openmp_threads():
+    """The kernels' parallel launch is pointed at torch's OpenMP runtime (threads.py), unless
+    ATTNCC_TVM_THREADS=tvm keeps TVM's pool; both give the same results."""
+    script = textwrap.dedent("""
+        import torch, attncc as ac
+        from attncc.ir.program import Dims
+        q, k, v = (torch.randn(2, 4, 512, 32, generator=torch.Generator().manual_seed(i)) for i in range(3))
+        kern = ac.compile(ac.Attention(ac.causal()), backend="tvm")
+        out = kern(q, k, v)
+        comp = kern.compiled(Dims(2, 4, 512, 512, 32, 32), "float32", {})
+        print([c.omp for c, _ in comp.groups], out.double().sum().item())
+    """)
+    runs = {}
+    for mode in ("omp", "tvm"):
+        env = dict(os.environ, ATTNCC_TVM_THREADS=mode)
+        res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr
+        runs[mode] = res.stdout.strip()
+    assert runs["omp"].startswith("[True]") and runs["tvm"].startswith("[False]")
+    assert runs["omp"].split("]")[1] == runs["tvm"].split("]")[1]

@@ -1,5 +1,7 @@
 """The TVM backend's entry points: compile a lowered Program (one kernel per head group) and
 run it on torch tensors."""
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -56,6 +58,24 @@ def as_table(x):
     return (x.to(torch.float32) if x.is_floating_point() else x.to(torch.int32)).contiguous()
 
 
+def operand(x):
+    """q, k or v as fp32, read in place whatever its strides when its last dim is dense (a
+    view of a packed qkv projection, say): the kernel is specialised on the strides."""
+    x = x.to(torch.float32)
+    if x.stride(-1) != 1 or any(s <= 0 and n > 1 for s, n in zip(x.stride(), x.shape)):
+        x = x.contiguous()
+    return x
+
+
+def output_like(q, dv):
+    """The output [B, H, N, dv] in q's memory order: token-major ([B, N, H, dv] in memory, a
+    free transpose for the output projection) when q is, else compact."""
+    B, H, N, _ = q.shape
+    if H > 1 and N > 1 and q.stride(1) < q.stride(2):
+        return torch.empty(B, N, H, dv, dtype=torch.float32).transpose(1, 2)
+    return torch.empty(B, H, N, dv, dtype=torch.float32)
+
+
 class TVMProgram:
     """The compiled kernels of a Program for one set of captured-tensor shapes."""
 
@@ -69,16 +89,17 @@ class TVMProgram:
         self.route = route_of(prog, "tvm")[0]
         self.groups = self.kernels(True)
 
-    def kernels(self, stats):
+    def kernels(self, stats, strides=()):
         """The compiled group kernels; stats=False is the sigmoid variant without the row
-        statistics (compiled on first use, when return_lse is not asked)."""
+        statistics, `strides` (of q, k, v, o; () when compact) a variant reading and writing
+        them in place (each compiled on first use)."""
         stats = stats or self.prog.norm.kind != "sigmoid"
-        if stats not in self.variants:
+        if (stats, strides) not in self.variants:
             groups = []
             route = self.route
             for grp in self.prog.groups:
                 if route is not None:
-                    shape = routed_shape(self.prog, grp, route)
+                    shape = dataclasses.replace(routed_shape(self.prog, grp, route), ST=strides)
                     cnt, lst, cls, acls = routed_tables(route, shape.BM)
                     src = generate(self.prog, grp, shape, self.meta, self.skip, stats, route=route)
                     comp = compile_source(src, [])
@@ -88,13 +109,14 @@ class TVMProgram:
                 layout = RuntimeLayout.of(self.prog, grp)
                 if layout is not None:      # the tables come with each call's layout (__call__)
                     nk = -(-grp.gather.Lk // grp.plan.block_n)
-                    shape = group_shape(self.prog, grp, nk, tg=len(grp.heads) * grp.gather.G)
+                    shape = dataclasses.replace(group_shape(self.prog, grp, nk, tg=len(grp.heads) * grp.gather.G),
+                                                ST=strides)
                     comp = compile_source(generate(self.prog, grp, shape, self.meta, self.skip, stats), [])
                     heads = torch.tensor(grp.heads, dtype=torch.int32)
                     groups.append((comp, [heads, [], layout]))      # [] caches the last layout's tables
                     continue
                 cnt, lst, cls = tile_tables(grp)
-                shape = group_shape(self.prog, grp, lst.shape[-1])
+                shape = dataclasses.replace(group_shape(self.prog, grp, lst.shape[-1]), ST=strides)
                 if self.prog.norm.kind == "linear":
                     src = generate_linear(self.prog, grp, shape, self.meta)
                 elif grp.gather.per_query:
@@ -105,8 +127,8 @@ class TVMProgram:
                 args = [torch.tensor(grp.heads, dtype=torch.int32), torch.from_numpy(cnt), torch.from_numpy(lst),
                         torch.from_numpy(cls), torch.from_numpy(grp.blocks.classes.astype(np.int32))]
                 groups.append((comp, args))
-            self.variants[stats] = groups
-        return self.variants[stats]
+            self.variants[stats, strides] = groups
+        return self.variants[stats, strides]
 
     @property
     def source(self):
@@ -117,16 +139,19 @@ class TVMProgram:
         return sum(c.seconds for c, _ in self.groups)
 
     def __call__(self, q, k, v, tensors, return_lse=False):
-        qf, kf, vf = (x.to(torch.float32).contiguous() for x in (q, k, v))
+        qf, kf, vf = (operand(x) for x in (q, k, v))
         B, H, N, _ = q.shape
-        o = torch.empty(B, H, N, v.shape[-1], dtype=torch.float32)
+        o = output_like(qf, v.shape[-1])
+        strides = tuple(x.stride() for x in (qf, kf, vf, o))
+        strides = () if all(x.is_contiguous() for x in (qf, kf, vf, o)) else strides
         lse = torch.empty(B, H, N, dtype=torch.float32)
         tabs = [as_table(tensors[n]) if n in tensors else self.consts[n] for n in self.names]
         route, extra = self.route, []
         if route is not None:           # the kernel's routing prologue writes it (return_routing)
             self.route_idx = torch.empty(B, route.count, route.topk, dtype=torch.int32)
             extra = [self.route_idx]
-        for (comp, args), grp in zip(self.kernels(return_lse), self.prog.groups):
+        self.groups = self.kernels(return_lse, strides)
+        for (comp, args), grp in zip(self.groups, self.prog.groups):
             if isinstance(args[-1], RuntimeLayout):         # this call's layout decides the key tiles
                 layout = args[-1]
                 args = [args[0], *layout.cached_tables(args[-2], grp, tabs[self.names.index(layout.name)])]

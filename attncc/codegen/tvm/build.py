@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ...version import __version__
+from .threads import use_torch_threads
 
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")   # idle TVM workers must not starve torch
 # TVM's default pool size is half the logical CPUs (it assumes two hyperthreads per core): on
@@ -37,10 +38,11 @@ def cache_dir():
 
 
 class Compiled:
-    """A compiled group kernel: the callable, its source and how long it took to get."""
+    """A compiled group kernel: the callable, its source, how long it took to get, and whether
+    its parallel loops run on torch's OpenMP threads (threads.py) or TVM's pool."""
 
-    def __init__(self, fn, source, seconds, from_disk):
-        self.fn, self.source, self.seconds, self.from_disk = fn, source, seconds, from_disk
+    def __init__(self, fn, source, seconds, from_disk, omp=False):
+        self.fn, self.source, self.seconds, self.from_disk, self.omp = fn, source, seconds, from_disk, omp
 
 
 def compile_source(source, key_parts):
@@ -53,10 +55,8 @@ def compile_source(source, key_parts):
     t0 = time.perf_counter()
     d = cache_dir()
     so, py = d / f"{key}.so", d / f"{key}.py"
-    if so.exists():
-        fn = tvm.runtime.load_module(str(so))["main"]
-        got = Compiled(fn, source, time.perf_counter() - t0, True)
-    else:
+    from_disk = so.exists()
+    if not from_disk:
         py.write_text(source)               # a real file: the TVMScript parser reads the source
         spec = importlib.util.spec_from_file_location(f"attncc_tvm_{key}", py)
         mod = importlib.util.module_from_spec(spec)
@@ -65,6 +65,8 @@ def compile_source(source, key_parts):
         tmp = d / f"{key}.{os.getpid()}.so"
         ex.export_library(str(tmp))
         os.replace(tmp, so)                 # atomic: concurrent processes never see half a file
-        got = Compiled(ex.mod["main"], source, time.perf_counter() - t0, False)
+    fn = tvm.runtime.load_module(str(so))["main"]     # run from the library: its launch pointer is ours to set
+    omp = use_torch_threads(so, d)
+    got = Compiled(fn, source, time.perf_counter() - t0, from_disk, omp)
     _MEMORY[key] = got
     return got

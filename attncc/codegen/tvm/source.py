@@ -54,6 +54,7 @@ class GroupShape:
     BNP: int
     DVP: int
     TG: int = 0         # rows of the tile tables: G, or HG * G for per-call tables of a per-head layout
+    ST: tuple = ()      # element strides of q, k, v, o when not compact (read and written in place)
 
     @property
     def tg(self):
@@ -191,10 +192,11 @@ def generate(prog, grp, shape, tables, skip=(), stats=True, route=None):
 def kernel_params(sh, tables, extra=()):
     """The generated kernel's parameters: q, k, v, o, lse, the head list, the tile tables,
     `extra` (the routing table) and the tensors the expressions read."""
-    params = [f"q: T.Buffer(({sh.B}, {sh.H}, {sh.N}, {sh.D}), \"float32\")",
-              f"k: T.Buffer(({sh.B}, {sh.H}, {sh.M}, {sh.D}), \"float32\")",
-              f"v: T.Buffer(({sh.B}, {sh.H}, {sh.M}, {sh.DV}), \"float32\")",
-              f"o: T.Buffer(({sh.B}, {sh.H}, {sh.N}, {sh.DV}), \"float32\")",
+    st = [f", strides={tuple(x)}" for x in sh.ST] if sh.ST else [""] * 4
+    params = [f"q: T.Buffer(({sh.B}, {sh.H}, {sh.N}, {sh.D}), \"float32\"{st[0]})",
+              f"k: T.Buffer(({sh.B}, {sh.H}, {sh.M}, {sh.D}), \"float32\"{st[1]})",
+              f"v: T.Buffer(({sh.B}, {sh.H}, {sh.M}, {sh.DV}), \"float32\"{st[2]})",
+              f"o: T.Buffer(({sh.B}, {sh.H}, {sh.N}, {sh.DV}), \"float32\"{st[3]})",
               f"lse: T.Buffer(({sh.B}, {sh.H}, {sh.N}), \"float32\")",
               f"heads: T.Buffer(({sh.HG},), \"int32\")",
               f"tcnt: T.Buffer(({sh.table_rows}, {sh.NQ}), \"int32\")",
