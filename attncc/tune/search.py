@@ -153,6 +153,30 @@ def _check_budget(budget_s, trials):
                          f"got {trials!r}")
 
 
+class _Interrupts:
+    """Notes Ctrl-C while the search runs (main thread only). TVM's compiler checks signals
+    from C++ and may hand the KeyboardInterrupt back as an ordinary error, which would only
+    fail one candidate; the flag makes the search stop after it all the same."""
+
+    def __init__(self):
+        self.hit, self.prev = False, None
+
+    def __enter__(self):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            self.prev = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.hit = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.prev is not None:
+            signal.signal(signal.SIGINT, self.prev)
+
+
 def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=None, trials=None, target="tvm",
          jobs=1, db=None, save=True, progress=None, build=None, min_time=0.05, rounds=5, retune=False):
     """Tune `spec` at `dims` and `dtype` for `target`; returns a TuneResult and stores the
@@ -203,7 +227,9 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
     best = None
     pool = (ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
             if pool_ok else None)   # spawn: forking a process that runs TVM and torch threads is unsafe
+    ctrl_c = _Interrupts()
     try:
+        ctrl_c.__enter__()
         step = 2 * jobs if pool else 1
         for start in range(0, len(cands), step):
             batch = cands[start:start + step]
@@ -229,6 +255,8 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
                 except (KeyboardInterrupt, MemoryError):
                     raise
                 except Exception as e:          # a candidate that fails to build or run is a failed trial
+                    if ctrl_c.hit:              # Ctrl-C surfaced as a compiler error: not the plan's fault
+                        raise KeyboardInterrupt from e
                     if cand == cands[0]:
                         raise                   # the default plan must work: not a tuning problem
                     t.failure = f"{type(e).__name__}: {e}"[:500]
@@ -236,6 +264,8 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
                 if t.ok and (best is None or t.seconds < best.seconds):
                     best = t
                 bar.update(len(done), best, "" if t.ok else f"rejected {plan_label(cand)}: {t.failure[:80]}")
+                if ctrl_c.hit:
+                    raise KeyboardInterrupt
                 if time.perf_counter() - t_start > budget_s:
                     raise _Budget
     except _Budget:
@@ -243,6 +273,7 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        ctrl_c.__exit__()
         if pool:
             pool.shutdown(wait=not interrupted, cancel_futures=True)
         bar.close()
