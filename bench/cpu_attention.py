@@ -18,30 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import attncc as ac
+from attncc.demo import interleaved
 
 import peers
-
-
-def timeit(fn, min_time=0.2):
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = time.perf_counter() - t0
-    n = max(1, min(50, int(min_time / max(one, 1e-6))))
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
-def interleaved(calls, rounds):
-    res = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            res[name].append(timeit(fn))
-    return {name: statistics.median(v) for name, v in res.items()}
 
 
 def swin_table(swin, H, d, grid, win, shift):

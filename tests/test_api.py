@@ -71,18 +71,26 @@ def test_kernel_specialises_per_shape_and_caches_lowering():
     assert len(kern._lowered) == 2
 
 
-def test_cli_demo_prints_the_catalogue_table():
-    res = subprocess.run([sys.executable, "-m", "attncc", "demo", "--only", "causal", "swin_shifted",
-                          "biformer_routing", "linear_causal"], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
+def test_cli_demo_swaps_a_model_and_prints_the_catalogue_table():
+    res = subprocess.run([sys.executable, "-m", "attncc", "demo", "--models", "vit", "--batch", "1", "--rounds", "1",
+                          "--only", "causal", "swin_shifted", "biformer_routing", "linear_causal"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
-    assert "| pattern | family | shape | useful pairs per (b,h) | density | GFLOP (cost pass)" in out
-    rows = [l for l in out.splitlines() if l.startswith("| ") and not l.startswith("| pattern")]
+    assert "ac.swap replaced 12 modules (torch.nn.MultiheadAttention)" in out and "outputs equal" in out
+    layers = [l for l in out.splitlines() if l.startswith("| layers.")]
+    assert len(layers) == 12 and all(float(l.split("|")[2]) > 0 and float(l.split("|")[3]) > 0 for l in layers)
+    assert "| **end to end** |" in out
+    head = "| pattern | family | shape | density | backend | first call s (compile) | attncc ms | eager ms"
+    assert head in out
+    rows = [l for l in out.splitlines() if l.startswith("| ") and l.split("|")[1].strip() in
+            ("causal", "swin_shifted", "biformer_routing", "linear_causal")]
     assert [r.split("|")[1].strip() for r in rows] == ["causal", "swin_shifted", "biformer_routing", "linear_causal"]
     for r in rows:
-        err = float(r.split("|")[9])
-        assert err < 1e-5
-    assert "[4/4]" in res.stderr
+        cells = [c.strip() for c in r.split("|")[1:-1]]
+        assert cells[4] == "tvm" and cells[-1] == "ok" and float(cells[11]) < 1e-5
+    assert "12/12 compiling: layers.11.self_attn" in res.stderr            # the progress bar
+    assert "4/4 compiling and timing linear_causal" in res.stderr
 
 
 def test_cli_catalogue_and_explain():

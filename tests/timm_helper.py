@@ -1,31 +1,18 @@
-"""Importing timm in the tests (ENVIRONMENT.md, way (a)).
-
-timm imports torchvision. The torchvision that matches torch 2.13 exists only as a CUDA build
-whose C extension cannot load beside the CPU torch; its import then fails registering fake
-kernels for two op schemas it expects the extension to define. When (and only when) that
-happens, we declare those two schemas first. No torchvision op ever runs in attncc's tests, and
-attncc itself never imports torchvision.
-"""
-import torch
-
-_LIB = None
-
-
-def _import_torchvision():
-    global _LIB
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as e:
-        if "torchvision::nms does not exist" not in str(e):
-            raise
-        _LIB = torch.library.Library("torchvision", "DEF")
-        for op in ("nms", "qnms"):
-            _LIB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import torchvision  # noqa: F401
+"""Importing timm and open_clip in the tests (ENVIRONMENT.md, way (a)): both import
+torchvision, which attncc.demo.import_torchvision loads beside the CPU torch (its docstring
+says how). No torchvision op ever runs in attncc's tests."""
+from attncc.demo import import_torchvision
 
 
 def import_timm():
     """The timm package (a test dependency: pip install -e '.[test]')."""
-    _import_torchvision()
+    import_torchvision()
     import timm
     return timm
+
+
+def import_open_clip():
+    """The open_clip package (a test dependency: pip install -e '.[test]')."""
+    import_torchvision()
+    import open_clip
+    return open_clip

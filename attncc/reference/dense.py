@@ -31,24 +31,44 @@ def _routing_mask(pro, q, k, scale):
     return aff >= kth                                                       # [B, S^2, S^2]
 
 
-def dense_attention(prog, q, k, v, captured=None, return_lse=False, dtype=torch.float64):
-    """Textbook attention for a canonicalized Program; returns out (and lse) in `dtype`."""
-    captured = captured or {}
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    B, H, N, _ = q.shape
-    M = k.shape[2]
-    ops = TorchOps(q.device)
-    env = {n: (x.to(dtype) if x.is_floating_point() else x) for n, x in captured.items()}
+def _env(prog, q, k, captured, dtype):
+    env = {n: (x.to(dtype) if x.is_floating_point() else x) for n, x in (captured or {}).items()}
     env.update({c.name: torch.as_tensor(c.array.copy()) for c in prog.constants})
     for pro in prog.prologues:
-        env[pro.outputs[0]] = _routing_mask(pro, q, k, prog.scale)
-    out = torch.zeros(B, H, N, v.shape[-1], dtype=dtype)
-    lse = torch.full((B, H, N), -float("inf"), dtype=dtype)
+        env[pro.outputs[0]] = _routing_mask(pro, q.to(dtype), k.to(dtype), prog.scale)
+    return env
+
+
+def _group_masks(prog, env, ops, B, N, M):
+    """(group, its heads, index grids, [B, heads, N, M] bool mask) per head group."""
     for grp in prog.groups:
         hs = torch.tensor(grp.heads)
         idx = {S.b: torch.arange(B).view(-1, 1, 1, 1), S.h: hs.view(1, -1, 1, 1),
                S.i: torch.arange(N).view(1, 1, -1, 1), S.j: torch.arange(M).view(1, 1, 1, -1)}
-        m = torch.as_tensor(evaluate(grp.mask, {**idx, **env}, ops)).expand(B, len(hs), N, M)
+        yield grp, hs, idx, torch.as_tensor(evaluate(grp.mask, {**idx, **env}, ops)).expand(B, len(hs), N, M)
+
+
+def dense_mask(prog, q, k, captured=None):
+    """[B, H, N, M] bool: the pairs that attend, as the oracle evaluates them (for peers that
+    take a dense mask, such as torch SDPA in the demo)."""
+    B, H, N, _ = q.shape
+    M = k.shape[2]
+    mask = torch.zeros(B, H, N, M, dtype=torch.bool)
+    for _, hs, _, m in _group_masks(prog, _env(prog, q, k, captured, torch.float64), TorchOps(q.device), B, N, M):
+        mask[:, hs] = m
+    return mask
+
+
+def dense_attention(prog, q, k, v, captured=None, return_lse=False, dtype=torch.float64):
+    """Textbook attention for a canonicalized Program; returns out (and lse) in `dtype`."""
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    B, H, N, _ = q.shape
+    M = k.shape[2]
+    ops = TorchOps(q.device)
+    env = _env(prog, q, k, captured, dtype)
+    out = torch.zeros(B, H, N, v.shape[-1], dtype=dtype)
+    lse = torch.full((B, H, N), -float("inf"), dtype=dtype)
+    for grp, hs, idx, m in _group_masks(prog, env, ops, B, N, M):
         qh, kh, vh = q[:, hs], k[:, hs], v[:, hs]
         if prog.norm.kind == "linear":
             a = feature_map(prog.norm.feature_map, qh) @ feature_map(prog.norm.feature_map, kh).transpose(-1, -2)

@@ -1,0 +1,201 @@
+"""The end-to-end part of the main job (``attncc demo``) and of bench/e2e.py: real models with
+random weights (nothing is downloaded), before and after ``ac.swap``: the outputs compared,
+then per-layer and end-to-end inference times, interleaved, medians.
+
+Models: a ViT-B-sized torch nn.TransformerEncoder, timm's swin_tiny_patch4_window7_224 and
+open_clip's ViT-B-32 image tower (timm and open_clip are the test extra's packages).
+"""
+import copy
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+_TV_LIB = None
+
+
+def import_torchvision():
+    """timm and open_clip import torchvision. The torchvision that matches torch 2.13 exists
+    only as a CUDA build whose C extension cannot load beside the CPU torch: its import then
+    fails registering fake kernels for two op schemas the extension should have defined. Then,
+    and only then, the two schemas are declared first (no torchvision op runs in the demo, the
+    benches or the tests; attncc's library code never imports torchvision)."""
+    global _TV_LIB
+    try:
+        import torchvision  # noqa: F401 (imported for its side effect)
+    except RuntimeError as e:
+        if "torchvision::nms does not exist" not in str(e):
+            raise
+        _TV_LIB = torch.library.Library("torchvision", "DEF")
+        for op in ("nms", "qnms"):
+            _TV_LIB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        import torchvision  # noqa: F401
+
+
+def _need(package, extra="test"):
+    import importlib
+    import_torchvision()
+    try:
+        return importlib.import_module(package)
+    except ImportError as e:
+        raise RuntimeError(f"the demo's {package} model needs the {package} package: pip install -e "
+                           f"'.[{extra}]' (make demo installs it)") from e
+
+
+@dataclass
+class Model:
+    """A model to swap: its name, the module (eval mode), an input maker (batch -> tensor) and
+    the qualified names of its layers (the blocks timed one by one)."""
+    name: str
+    module: torch.nn.Module
+    make_input: object
+    layers: list
+
+
+def vit_b_encoder():
+    """ViT-B's encoder as torch's nn.TransformerEncoder: 12 pre-norm layers, width 768, 12
+    heads, MLP 3072, GELU, 197 tokens (224x224 in 16x16 patches plus the class token)."""
+    layer = torch.nn.TransformerEncoderLayer(768, 12, 3072, dropout=0.0, activation="gelu", batch_first=True,
+                                             norm_first=True)
+    model = torch.nn.TransformerEncoder(layer, 12, enable_nested_tensor=False).eval()
+    return Model("ViT-B-sized nn.TransformerEncoder (12 layers, 197 tokens, width 768, 12 heads)", model,
+                 lambda b: torch.randn(b, 197, 768), [f"layers.{i}" for i in range(12)])
+
+
+def swin_tiny():
+    timm = _need("timm")
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
+    layers = [f"layers.{s}.blocks.{b}" for s, n in enumerate((2, 2, 6, 2)) for b in range(n)]
+    return Model("timm swin_tiny_patch4_window7_224", model, lambda b: torch.randn(b, 3, 224, 224), layers)
+
+
+def open_clip_vit_b_32():
+    open_clip = _need("open_clip")
+    import logging
+    logging.getLogger().setLevel(logging.ERROR)          # its "no pretrained weights" warning
+    model = open_clip.create_model("ViT-B-32", pretrained=None).visual.eval()
+    return Model("open_clip ViT-B-32 image tower", model, lambda b: torch.randn(b, 3, 224, 224),
+                 [f"transformer.resblocks.{i}" for i in range(12)])
+
+
+MODELS = {"vit": vit_b_encoder, "swin": swin_tiny, "open_clip": open_clip_vit_b_32}
+
+
+def timeit(fn, min_time=0.2, max_reps=50):
+    """Median seconds of repeated calls (one warm-up), at least `min_time` seconds of them."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = time.perf_counter() - t0
+    ts = []
+    for _ in range(max(1, min(max_reps, int(min_time / max(one, 1e-6))))):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def interleaved(calls, rounds, min_time=0.2):
+    """{name: median over `rounds` interleaved rounds of timeit(fn)} for {name: fn}."""
+    res = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            res[name].append(timeit(fn, min_time))
+    return {name: statistics.median(v) for name, v in res.items()}
+
+
+def bar(k, n, label, stream=sys.stderr, width=24):
+    """A progress bar line (rewritten in place on a terminal)."""
+    fill = width * k // max(1, n)
+    line = f"[{'#' * fill}{'.' * (width - fill)}] {k}/{n} {label}"
+    tty = getattr(stream, "isatty", lambda: False)()
+    stream.write(("\r" + line + "\x1b[K" + ("\n" if k == n else "")) if tty else line + "\n")
+    stream.flush()
+
+
+def _warm_with_progress(model, x, names, what, stream):
+    """One forward pass of the swapped model (its kernels compile on first use), a bar step
+    per swapped module as it finishes."""
+    mods = dict(model.named_modules())
+    done, hooks = [], []
+    for name in names:
+        def pre(m, *a, name=name):
+            m._demo_t0 = time.perf_counter()
+
+        def post(m, *a, name=name):
+            done.append(name)
+            bar(len(done), len(names), f"{what}: {name} ({time.perf_counter() - m._demo_t0:.1f} s)", stream)
+        hooks += [mods[name].register_forward_pre_hook(pre), mods[name].register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _layer_inputs(model, x, layers):
+    """The input of each named layer in one forward pass of `model` (positional args)."""
+    mods, got, hooks = dict(model.named_modules()), {}, []
+    for name in layers:
+        hooks.append(mods[name].register_forward_pre_hook(lambda m, a, name=name: got.setdefault(name, a)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+@dataclass
+class Comparison:
+    name: str
+    report: object
+    max_diff: float
+    equal: bool
+    layers: list            # (layer name, before s, after s)
+    before: float
+    after: float
+
+    @property
+    def speedup(self):
+        return self.before / self.after
+
+    def table(self):
+        rows = ["| layer | before ms | after ms | speedup |", "|---|---|---|---|"]
+        rows += [f"| {n} | {b * 1e3:.2f} | {a * 1e3:.2f} | {b / a:.2f}x |" for n, b, a in self.layers]
+        rows.append(f"| **end to end** | **{self.before * 1e3:.1f}** | **{self.after * 1e3:.1f}** | "
+                    f"**{self.speedup:.2f}x** |")
+        return "\n".join(rows)
+
+
+def compare(model, batch=8, rounds=3, backend="auto", layer_rounds=None, stream=sys.stderr, tol=1e-4):
+    """Swap a deep copy of `model.module`, check its output against the original's on one
+    input, and time both: each layer on its captured input, then the whole model."""
+    import attncc as ac
+    torch.manual_seed(0)
+    orig = model.module
+    new = copy.deepcopy(orig)
+    report = ac.swap(new, backend=backend)
+    x = model.make_input(batch)
+    _warm_with_progress(new, x, [s.name for s in report], "compiling", stream)
+    with torch.no_grad():
+        want, got = orig(x), new(x)
+    diff = (got - want).abs().max().item()
+    equal = torch.allclose(got, want, rtol=tol, atol=tol)
+    inputs = _layer_inputs(orig, x, model.layers)
+    a_mods, b_mods = dict(orig.named_modules()), dict(new.named_modules())
+    layers = []
+    with torch.no_grad():
+        for k, name in enumerate(model.layers, 1):
+            bar(k, len(model.layers), f"timing {name}", stream)
+            t = interleaved({"before": lambda: a_mods[name](*inputs[name]),
+                             "after": lambda: b_mods[name](*inputs[name])}, layer_rounds or rounds, 0.1)
+            layers.append((name, t["before"], t["after"]))
+        bar(0, 1, "timing end to end", stream)
+        t = interleaved({"before": lambda: orig(x), "after": lambda: new(x)}, rounds, 0.5)
+        bar(1, 1, "timing end to end", stream)
+    return Comparison(model.name, report, diff, equal, layers, t["before"], t["after"])
