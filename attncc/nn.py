@@ -146,6 +146,7 @@ class MultiheadAttention(Compiled, torch.nn.MultiheadAttention):
             raise RuntimeError("Need attn_mask if specifying the is_causal hint (as torch.nn.MultiheadAttention); "
                                "pass the causal mask, e.g. nn.Transformer.generate_square_subsequent_mask(L)")
         batched = query.dim() == 3
+        self_attention = query is key and key is value and self._qkv_same_embed_dim
         # work batch-first, [B, L, E]: the kernel reads q, k, v as views of the projections and
         # writes its output token-major, so neither side needs a transposing copy
         if not batched:
@@ -163,7 +164,10 @@ class MultiheadAttention(Compiled, torch.nn.MultiheadAttention):
         b_q = b_k = b_v = None
         if self.in_proj_bias is not None:
             b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        q, k, v = F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+        if self_attention:      # one projection GEMM, as torch's; q, k, v are views of it
+            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        else:
+            q, k, v = F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
         if attn_mask is not None and attn_mask.dim() == 3 and attn_mask.shape[0] != B * H:
             raise RuntimeError(f"attn_mask of shape {tuple(attn_mask.shape)} must be [L, S] or "
                                f"[batch * num_heads, L, S] = [{B * H}, {L}, {key.shape[1]}]")
