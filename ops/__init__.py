@@ -2,7 +2,8 @@
 each with its spec constructors and its drop-in nn.Modules: window.WindowAttention (timm's
 Swin), neighborhood.NeighborhoodAttention2D (NATTEN), axial.AxialAttention,
 sigmoid.SigmoidAttention, linear.LinearAttention, hilo.HiLo (LITv2; derived from window2d and full attention),
-routing.BiLevelRoutingAttention (BiFormer).
+routing.BiLevelRoutingAttention (BiFormer), stripes.CSWinAttention (CSWin), and for the flash family
+flash.MultiheadAttention (attncc.nn.MultiheadAttention, torch's drop-in).
 
 ``CATALOGUE`` lists one Entry per pattern; ``attncc demo`` and ``attncc check`` walk it.
 """

@@ -1,10 +1,13 @@
 """Dense-source families (MHA-style): full, causal, local and dilated windows, block-sparse,
-ALiBi and soft-capping. Their kernels skip empty tiles of the static block classification."""
+ALiBi and soft-capping. Their kernels skip empty tiles of the static block classification.
+The family's drop-in module is torch's: ``MultiheadAttention`` (attncc.nn.MultiheadAttention,
+whose ``spec=`` takes any of these specs)."""
 import numpy as np
 import torch
 
 import attncc as ac
 from attncc.ir.program import Dims
+from attncc.nn import MultiheadAttention  # noqa: F401  (the family's drop-in)
 
 from ._catalogue import Entry
 

@@ -298,3 +298,55 @@ def test_linear_attention_equals_katharopoulos_procedure(fmap, causal, window):
     close(torch.autograd.grad(got.square().sum(), x)[0], torch.autograd.grad(want.square().sum(), x)[0], 1e-4)
     with pytest.raises(ValueError, match="needs forward"):
         mod(x, None if window else (4, 6))
+
+
+def cswin_procedure(mod, x):
+    """CSWin's attention as published (CSWinBlock's qkv, its LePEAttention branches, proj): per
+    branch the map is cut into stripes (branch 0: full-height stripes split_size columns wide,
+    branch 1: full-width stripes split_size rows high; the last stage: the whole map), each
+    stripe is a dense softmax attention over its tokens, plus the depthwise conv of v taken on
+    the stripe alone, then the stripes go back to the map and the branches are concatenated."""
+    B, L, E = x.shape
+    R, C = mod.resolution
+    qkv = mod.qkv(x).reshape(B, R, C, 3, E)
+    branches = len(mod.attns)
+    c, m = E // branches, mod.num_heads // branches
+    outs = []
+    for i in range(branches):
+        sr, sc = (R, C) if branches == 1 else ((R, mod.split_size) if i == 0 else (mod.split_size, C))
+        part = qkv[..., i * c:(i + 1) * c]                                     # [B, R, C, 3, c]
+        win = part.reshape(B, R // sr, sr, C // sc, sc, 3, c).permute(5, 0, 1, 3, 2, 4, 6).reshape(3, -1, sr * sc, c)
+        q, k, v = (t.reshape(t.shape[0], sr * sc, m, c // m).transpose(1, 2) for t in win)  # [B*nW, m, n, c/m]
+        attn = torch.softmax(q * mod.scale @ k.transpose(-1, -2), dim=-1)
+        vimg = win[2].transpose(1, 2).reshape(-1, c, sr, sc)
+        lepe = mod.attns[i].get_v(vimg).reshape(-1, m, c // m, sr * sc).transpose(-1, -2)
+        o = (attn @ v + lepe).transpose(1, 2).reshape(B, R // sr, C // sc, sr, sc, c)
+        outs.append(o.permute(0, 1, 3, 2, 4, 5).reshape(B, L, c))
+    return mod.proj(torch.cat(outs, dim=-1))
+
+
+@pytest.mark.parametrize("res,split,heads,last", [((8, 8), 2, 4, False), ((6, 9), 3, 2, False), ((4, 4), 4, 4, False),
+                                                  ((6, 6), 2, 2, True)], ids=["square", "rect", "last_by_size", "last"])
+def test_cswin_attention_equals_cswin_procedure(res, split, heads, last):
+    from attncc.ops.stripes import CSWinAttention
+    torch.manual_seed(0)
+    mod = CSWinAttention(32, res, heads, split_size=split, qkv_bias=True, last_stage=last)
+    branches = 1 if last or max(res) == split else 2
+    assert sorted(mod.state_dict()) == sorted(
+        ["qkv.weight", "qkv.bias", "proj.weight", "proj.bias"]
+        + [f"attns.{i}.get_v.{p}" for i in range(branches) for p in ("weight", "bias")])
+    x = torch.randn(2, res[0] * res[1], 32, requires_grad=True)
+    want, got = cswin_procedure(mod, x), mod(x)
+    close(got, want)
+    close(torch.autograd.grad(got.square().sum(), x)[0], torch.autograd.grad(want.square().sum(), x)[0], 1e-4)
+
+
+def test_cswin_attention_errors_name_the_fix():
+    from attncc.ops.stripes import CSWinAttention
+    with pytest.raises(ValueError, match=r"the map \(8, 10\) must be divisible by split_size=3"):
+        CSWinAttention(32, (8, 10), 4, split_size=3)
+    with pytest.raises(ValueError, match=r"num_heads=3 heads and num_heads into 2 branches"):
+        CSWinAttention(48, 8, 3, split_size=2)
+    mod = CSWinAttention(32, 8, 4, split_size=2)
+    with pytest.raises(ValueError, match=r"expected \[B, 64, 32\]"):
+        mod(torch.randn(1, 60, 32))
