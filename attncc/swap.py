@@ -3,6 +3,7 @@ drop-in, copying the weights, and report what was replaced with which spec."""
 from __future__ import annotations
 
 import types
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +13,8 @@ from . import nn as acnn
 
 @dataclass(frozen=True)
 class Swapped:
-    """One replacement: the module's qualified name, what it was, and the spec it runs."""
+    """One replacement: the module's qualified name, what it was, and the spec it runs (a
+    description when the spec is decided by each input's grid)."""
     name: str
     was: str
     spec: object
@@ -24,11 +26,12 @@ class SwapReport(tuple):
     def __str__(self):
         if not self:
             return "ac.swap: no attention module replaced"
-        return "\n".join(f"{s.name or '<root>'}: {s.was} -> attncc ({s.spec!r})" for s in self)
+        return "\n".join(f"{s.name or '<root>'}: {s.was} -> attncc "
+                         f"({s.spec if isinstance(s.spec, str) else repr(s.spec)})" for s in self)
 
 
-def _is_timm(module, name):
-    return type(module).__name__ == name and type(module).__module__.startswith("timm.")
+def _is_from(module, name, package):
+    return type(module).__name__ == name and type(module).__module__.startswith(package + ".")
 
 
 def _swin_block_attn(self, x):
@@ -39,7 +42,7 @@ def _swin_block_attn(self, x):
 
 def _swap_timm_swin(parent, child_name, child, name, backend, done):
     from attncc.ops.window import WindowAttention
-    if _is_timm(parent, "SwinTransformerBlock") and child_name == "attn":
+    if _is_from(parent, "SwinTransformerBlock", "timm") and child_name == "attn":
         new = WindowAttention.from_timm(child, shift_size=parent.shift_size, backend=backend)
         parent._attn = types.MethodType(_swin_block_attn, parent)
         spec = new.map_spec(*parent.input_resolution)
@@ -52,6 +55,18 @@ def _swap_timm_swin(parent, child_name, child, name, backend, done):
     done.append(Swapped(name, was, spec))
 
 
+def _swap_natten(parent, child_name, child, name, backend, done):
+    from attncc.ops.neighborhood import NeighborhoodAttention2D
+    why = NeighborhoodAttention2D.unsupported(child)
+    if why:
+        warnings.warn(f"ac.swap: {name} (natten NeighborhoodAttention2D) is left as it is: {why}", stacklevel=3)
+        return
+    new = NeighborhoodAttention2D.from_natten(child, backend=backend)
+    setattr(parent, child_name, new)
+    done.append(Swapped(name, "natten NeighborhoodAttention2D",
+                        f"neighborhood2d(kernel={new.kernel_size}, dilation={new.dilation}) on the input's grid"))
+
+
 def swap(model, spec=None, backend="auto"):
     """Replace, in place, every attention module attncc knows in `model` by its attncc drop-in
     with the same weights, on `backend`, and return a SwapReport:
@@ -61,7 +76,10 @@ def swap(model, spec=None, backend="auto"):
     - timm's Swin WindowAttention by attncc.ops.window.WindowAttention; inside a timm
       SwinTransformerBlock the block's roll, padding, window partition and shifted-window mask
       become the window2d pattern (with the relative position bias) read on the unpartitioned
-      map. `spec` does not apply to these (their pattern is the model's)."""
+      map;
+    - NATTEN's NeighborhoodAttention2D (stride 1, not causal; others are left, with a warning
+      saying why) by attncc.ops.neighborhood.NeighborhoodAttention2D.
+    `spec` applies to torch's modules only (the others' pattern is the model's)."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"swap takes a torch.nn.Module, got {type(model).__name__}")
     done = []
@@ -71,8 +89,10 @@ def swap(model, spec=None, backend="auto"):
                 new = acnn.MultiheadAttention.from_torch(child, spec=spec, backend=backend)
                 setattr(parent, child_name, new)
                 done.append(Swapped(f"{name}.{child_name}".lstrip("."), "torch.nn.MultiheadAttention", new.spec))
-            elif _is_timm(child, "WindowAttention"):
+            elif _is_from(child, "WindowAttention", "timm"):
                 _swap_timm_swin(parent, child_name, child, f"{name}.{child_name}".lstrip("."), backend, done)
+            elif _is_from(child, "NeighborhoodAttention2D", "natten"):
+                _swap_natten(parent, child_name, child, f"{name}.{child_name}".lstrip("."), backend, done)
         if isinstance(parent, torch.nn.TransformerEncoder):
             parent.use_nested_tensor = False        # nested tensors would bypass the swapped modules
     if isinstance(model, torch.nn.MultiheadAttention) and type(model) is torch.nn.MultiheadAttention:
