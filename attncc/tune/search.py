@@ -8,6 +8,10 @@ them); the default and the best few are timed again in interleaved rounds at the
 min_time per round) and the winner is the lowest median of the round medians, provided it
 beats the default's by MARGIN (3%); otherwise the default plans stay. A candidate whose output misses the oracle's bound never wins.
 Ctrl-C stops the search and keeps (and records) the best plan found so far.
+
+Where candidates run is the runner's business: LocalRunner (this process, the default) or
+rpc.RPCRunner (remote servers from a TVM RPC tracker, several candidates at once); either way a
+candidate is compiled here and checked against the oracle here.
 """
 import math
 import multiprocessing
@@ -17,14 +21,14 @@ import signal
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import torch
 
 from ..passes.pipeline import lower
 from .db import lookup, make_record, user_database, workload_hash
-from .device import fingerprint
+from .runner import Bench, make_runner, time_call  # noqa: F401  (time_call: bench/tune.py)
 from .space import MODES, search_space
 from .verify import Oracle
 
@@ -44,6 +48,7 @@ class Trial:
     ok: bool = False                 # within the oracle's bound
     compile_s: float = 0.0
     failure: str = ""
+    where: str = ""                  # who measured it: "local", or an RPC server's host:port
 
 
 @dataclass
@@ -73,21 +78,6 @@ def plan_label(plans):
     return " | ".join(f"{p.block_m}x{p.block_n} u{p.unroll} v{p.vector}" for p in plans)
 
 
-def time_call(fn, min_time=0.05, max_reps=25):
-    """Median seconds of fn() after one warm-up call."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = time.perf_counter() - t0
-    reps = max(3, min(max_reps, int(min_time / max(one, 1e-6))))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts + [one])
-
-
 def make_inputs(dims, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(dims.B, dims.H, dims.N, dims.d, generator=gen).to(dtype)
@@ -102,7 +92,9 @@ def tvm_build(spec, dims, dtype, tensors, plans, target="tvm"):
     from ..codegen.tvm.backend import TVMProgram
     t0 = time.perf_counter()
     comp = TVMProgram(lower(spec, dims, dtype, target, plans=plans, verify=False).program, tensors)
-    return (lambda q, k, v, t: comp(q, k, v, t)), time.perf_counter() - t0
+    fn = lambda q, k, v, t: comp(q, k, v, t)     # noqa: E731
+    fn.program = comp                            # what an RPC runner uploads
+    return fn, time.perf_counter() - t0
 
 
 BUILDERS = {"tvm": tvm_build}
@@ -178,7 +170,7 @@ class _Interrupts:
 
 
 def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=None, trials=None, target="tvm",
-         jobs=1, db=None, save=True, progress=None, build=None, min_time=0.05, rounds=5, retune=False):
+         jobs=1, db=None, save=True, progress=None, build=None, min_time=0.05, rounds=5, retune=False, rpc=None):
     """Tune `spec` at `dims` and `dtype` for `target`; returns a TuneResult and stores the
     winner in `db` (the user database by default) unless save=False.
 
@@ -186,7 +178,10 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
     stop the search early (the default plan always counts as the first trial). jobs > 1
     compiles candidates in that many worker processes. build(plans) -> (fn, seconds) replaces
     the backend's compile (for other runners, and for tests). An already-tuned workload
-    returns its record without compiling anything unless retune=True.
+    returns its record without compiling anything unless retune=True. rpc=(host, port, key)
+    measures on the servers an RPC tracker hands out under `key`, one candidate per free
+    server at a time, the final rounds too (rpc.py; the record is keyed by their device), or
+    rpc= an RPCRunner.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -198,7 +193,8 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
     trials = budget["trials"] if trials is None else trials
     tensors = dict(tensors or {})
     db = user_database() if db is None else db
-    workload, device = workload_hash(spec, dims, target), fingerprint(target)
+    runner = make_runner(rpc)
+    workload, device = workload_hash(spec, dims, target), runner.fingerprint(target)
     shape = (dims.B, dims.H, dims.N, dims.M, dims.d, dims.dv)
     if not retune:
         hit = lookup(workload, target, device, dtype, shape, dbs=[db])
@@ -210,70 +206,95 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
     low = lower(spec, dims, dtype, target)
     space = search_space(low.program, mode)
     cands = list(space.candidates[:trials] if trials else space.candidates)
-    torch_dtype = getattr(torch, dtype)
-    q, k, v = make_inputs(dims, torch_dtype)
-    oracle = Oracle(low.stages[0][1], q, k, v, tensors)
+    q, k, v = make_inputs(dims, getattr(torch, dtype))
+    bench = Bench(q, k, v, tensors, Oracle(low.stages[0][1], q, k, v, tensors), min_time)
     if build is None:
         builder = BUILDERS.get(target)
         if builder is None:
             raise NotImplementedError(f"no tuning runner for target {target!r}; tunable: {', '.join(BUILDERS)}")
-        build = lambda plans: builder(spec, dims, dtype, tensors, plans, target)
+        build = lambda plans: builder(spec, dims, dtype, tensors, plans, target)     # noqa: E731
         pool_ok = jobs > 1 and _picklable(spec, tensors)
     else:
         pool_ok = False
     bar = Progress(len(cands), enabled=(sys.stderr.isatty() if progress is None else bool(progress)),
                    stream=progress if hasattr(progress, "write") else None)
-    done, fns, interrupted = [], {}, False
+    done, fns, pending, interrupted = [], {}, {}, False
     best = None
     pool = (ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
             if pool_ok else None)   # spawn: forking a process that runs TVM and torch threads is unsafe
     ctrl_c = _Interrupts()
+
+    def begin(cand, pre):
+        """Compile a candidate here and hand it to the runner."""
+        t, fn = Trial(cand), None
+        try:
+            if pre.get(cand, (0, ""))[1]:
+                raise RuntimeError(pre[cand][1])
+            fn, t.compile_s = build(cand)
+            t.compile_s += pre.get(cand, (0.0, ""))[0]
+            fut = runner.submit(t, fn, bench)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:          # a failed compile fails the candidate like a failed run
+            fut = Future()
+            fut.set_exception(e)
+        pending[fut] = (t, fn)
+
+    def finish(fut):
+        nonlocal best
+        t, fn = pending.pop(fut)
+        try:
+            fut.result()
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:          # a candidate that fails to build or run is a failed trial
+            if ctrl_c.hit:              # Ctrl-C surfaced as a compiler error: not the plan's fault
+                raise KeyboardInterrupt from e
+            if t.plans == cands[0]:
+                raise                   # the default plan must work: not a tuning problem
+            t.ok, t.failure = False, f"{type(e).__name__}: {e}"[:500]
+        if not t.ok and not t.failure:
+            t.failure = f"wrong output: max error {t.error:.3e} > bound {bench.oracle.limit:.3e}"
+        done.append(t)
+        if t.ok:
+            fns[t.plans] = fn
+            if best is None or t.seconds < best.seconds:
+                best = t
+        bar.update(len(done), best, "" if t.ok else f"rejected {plan_label(t.plans)}: {t.failure[:80]}")
+        if ctrl_c.hit:
+            raise KeyboardInterrupt
+
+    def drain(full):
+        """Collect finished measurements: until a runner slot is free, or (full) all of them."""
+        while pending and (full or len(pending) >= runner.width):
+            for fut in wait(list(pending), return_when=FIRST_COMPLETED).done:
+                finish(fut)
+
     try:
         ctrl_c.__enter__()
-        step = 2 * jobs if pool else 1
-        for start in range(0, len(cands), step):
-            batch = cands[start:start + step]
-            pre = {}
-            if pool:        # compile the batch in the workers, then time it with them idle
-                futs = {c: pool.submit(_precompile, spec, dims, dtype, tensors, c, target) for c in batch
-                        if c != cands[0]}     # the default builds here: its errors are the user's
-                pre = {c: f.result() for c, f in futs.items()}
-            for cand in batch:
-                t = Trial(cand)
-                try:
-                    if pre.get(cand, (0, ""))[1]:
-                        raise RuntimeError(pre[cand][1])
-                    fn, t.compile_s = build(cand)
-                    t.compile_s += pre.get(cand, (0.0, ""))[0]
-                    out = fn(q, k, v, tensors)
-                    t.ok, t.error = oracle.check(out)
-                    if t.ok:
-                        t.seconds = time_call(lambda: fn(q, k, v, tensors), min_time)
-                        fns[cand] = fn
-                    else:
-                        t.failure = f"wrong output: max error {t.error:.3e} > bound {oracle.limit:.3e}"
-                except (KeyboardInterrupt, MemoryError):
-                    raise
-                except Exception as e:          # a candidate that fails to build or run is a failed trial
-                    if ctrl_c.hit:              # Ctrl-C surfaced as a compiler error: not the plan's fault
-                        raise KeyboardInterrupt from e
-                    if cand == cands[0]:
-                        raise                   # the default plan must work: not a tuning problem
-                    t.failure = f"{type(e).__name__}: {e}"[:500]
-                done.append(t)
-                if t.ok and (best is None or t.seconds < best.seconds):
-                    best = t
-                bar.update(len(done), best, "" if t.ok else f"rejected {plan_label(cand)}: {t.failure[:80]}")
-                if ctrl_c.hit:
-                    raise KeyboardInterrupt
-                if time.perf_counter() - t_start > budget_s:
-                    raise _Budget
-    except _Budget:
-        pass
+        runner.start()
+        try:
+            step = 2 * jobs if pool else 1
+            for start in range(0, len(cands), step):
+                batch = cands[start:start + step]
+                pre = {}
+                if pool:        # compile the batch in the workers, then time it with them idle
+                    futs = {c: pool.submit(_precompile, spec, dims, dtype, tensors, c, target) for c in batch
+                            if c != cands[0]}     # the default builds here: its errors are the user's
+                    pre = {c: f.result() for c, f in futs.items()}
+                for cand in batch:
+                    begin(cand, pre)
+                    drain(full=False)
+                    if time.perf_counter() - t_start > budget_s:
+                        raise _Budget
+        except _Budget:
+            pass
+        drain(full=True)                # the candidates still being measured
     except KeyboardInterrupt:
         interrupted = True
     finally:
         ctrl_c.__exit__()
+        runner.stop(wait=not interrupted)
         if pool:
             pool.shutdown(wait=not interrupted, cancel_futures=True)
         bar.close()
@@ -287,10 +308,7 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
         for t in sorted((t for t in done if t.ok), key=lambda t: t.seconds)[:FINALISTS]:
             final.setdefault(t.plans, [])
         try:        # interleaved rounds over the default and the finalists
-            for _ in range(rounds if len(final) > 1 else 0):
-                for cand in final:
-                    if cand in fns:
-                        final[cand].append(time_call(lambda: fns[cand](q, k, v, tensors), 4 * min_time))
+            runner.rounds(final, fns, bench, rounds if len(final) > 1 else 0)
         except KeyboardInterrupt:
             interrupted = True
     medians = {c: statistics.median(ts) for c, ts in final.items() if ts}
@@ -309,7 +327,8 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
         res.record = make_record(workload=workload, target=target, device=device, dtype=dtype, dims=dims,
                                  plans=win, time_s=win_s, default_time_s=None if math.isnan(default_s) else default_s,
                                  spec=repr(spec)[:300], mode=mode, trials=len(done),
-                                 rejected=len([t for t in done if not t.ok]), interrupted=interrupted)
+                                 rejected=len([t for t in done if not t.ok]), interrupted=interrupted,
+                                 measured_on=runner.name)
         db.add(res.record)
     return res
 

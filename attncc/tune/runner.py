@@ -1,0 +1,100 @@
+"""Where and how a tuning candidate is measured. A runner takes a compiled candidate, runs it
+on the tuner's inputs, judges its output with the oracle and times it; LocalRunner does that
+in this process, rpc.RPCRunner on remote servers. The interface (what tune() calls):
+
+    width                       candidates measured at once
+    name                        what the record's measured_on says
+    fingerprint(target)         the device the records are keyed by
+    start() / stop(wait)        around the search
+    submit(trial, fn, bench)    a Future that fills the Trial (ok, error, seconds, where) or
+                                holds the candidate's error
+    rounds(final, fns, bench, n) n interleaved rounds over the finalists: append each time
+"""
+import statistics
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import torch
+
+from .device import fingerprint
+from .verify import Oracle
+
+
+def time_call(fn, min_time=0.05, max_reps=25):
+    """Median seconds of fn() after one warm-up call."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = time.perf_counter() - t0
+    reps = max(3, min(max_reps, int(min_time / max(one, 1e-6))))
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts + [one])
+
+
+@dataclass
+class Bench:
+    """What every candidate runs on: the inputs, the oracle that judges the output, and the
+    seconds of calls one timing takes."""
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    tensors: dict
+    oracle: Oracle
+    min_time: float
+
+
+class LocalRunner:
+    """Measures candidates in this process, one at a time (tune's default runner)."""
+    width = 1                   # candidates measured at once
+    name = "local"
+
+    def fingerprint(self, target):
+        return fingerprint(target)
+
+    def start(self):
+        pass
+
+    def stop(self, wait=True):
+        pass
+
+    def submit(self, trial, fn, bench):
+        """Measure now; a finished Future holding the trial (or the candidate's error)."""
+        fut = Future()
+        try:
+            trial.where = "local"
+            out = fn(bench.q, bench.k, bench.v, bench.tensors)
+            trial.ok, trial.error = bench.oracle.check(out)
+            if trial.ok:
+                trial.seconds = time_call(lambda: fn(bench.q, bench.k, bench.v, bench.tensors), bench.min_time)
+            fut.set_result(trial)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:
+            fut.set_exception(e)
+        return fut
+
+    def rounds(self, final, fns, bench, rounds):
+        """Interleaved rounds: append each round's time of every candidate of `final` to its list."""
+        for _ in range(rounds):
+            for cand, times in final.items():
+                if cand in fns:
+                    fn = fns[cand]
+                    times.append(time_call(lambda: fn(bench.q, bench.k, bench.v, bench.tensors), 4 * bench.min_time))
+
+
+def make_runner(rpc):
+    """The runner for tune's `rpc` argument: None (this process), (host, port[, key]) of an RPC
+    tracker, or a runner object."""
+    if rpc is None:
+        return LocalRunner()
+    if isinstance(rpc, (tuple, list)):
+        from .rpc import RPCRunner
+        return RPCRunner(*rpc)
+    if not all(hasattr(rpc, a) for a in ("submit", "rounds", "fingerprint")):
+        raise TypeError(f"rpc must be None, (host, port, key) of an RPC tracker or an RPCRunner, got {rpc!r}")
+    return rpc
