@@ -11,6 +11,7 @@ from ..dsl.spec import Attention
 from ..ir.program import Dims
 from . import db as tdb
 from .device import fingerprint
+from .rpc import DEFAULT_KEY, RemoteError, RPCRunner, RPCUnavailable, parse_address
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -66,14 +67,19 @@ def cmd_tune(args):
                              "tensors(dims, generator) -> dict in the file")
         tensors = make_tensors(dims, torch.Generator().manual_seed(0))
     torch.set_num_threads(args.threads)
-    print(f"attncc tune: {name} {spec!r}\n  shape B{dims.B} H{dims.H} N{dims.N} M{dims.M} d{dims.d} dv{dims.dv}, "
-          f"{args.dtype}, mode {args.mode}, device {fingerprint('tvm')}", flush=True)
+    runner = _rpc_runner(args)
+    where = "this machine" if runner is None else f"RPC servers under key {runner.key!r} at {runner.host}:{runner.port}"
     try:
+        device = fingerprint("tvm") if runner is None else runner.fingerprint("tvm")
+        print(f"attncc tune: {name} {spec!r}\n  shape B{dims.B} H{dims.H} N{dims.N} M{dims.M} d{dims.d} dv{dims.dv}, "
+              f"{args.dtype}, mode {args.mode}, measured on {where}, device {device}", flush=True)
         res = tune(spec, dims, args.dtype, tensors, mode=args.mode, budget_s=args.budget, trials=args.trials,
-                   jobs=args.jobs, progress=True, retune=args.retune)
+                   jobs=args.jobs, progress=True, retune=args.retune, rpc=runner)
     except KeyboardInterrupt:
         print("interrupted before the first candidate finished: nothing recorded", file=sys.stderr)
         return 130
+    except (RPCUnavailable, RemoteError) as e:
+        raise SystemExit(f"attncc tune: {e}") from None
     if res.from_db:
         print(f"already tuned (use --retune to tune again): {res.seconds * 1e3:.3f} ms with "
               f"{_plans(res.plans)} in {tdb.user_path()}")
@@ -83,9 +89,26 @@ def cmd_tune(args):
           f"{f', {len(bad)} rejected' if bad else ''}){'; interrupted: kept the best found' if res.interrupted else ''}")
     for t in bad:
         print(f"  rejected {_plans(t.plans)}: {t.failure}")
+    if runner is not None:
+        servers = sorted({t.where for t in res.trials if t.where})
+        print(f"measured on {len(servers)} RPC server(s): " + ", ".join(
+            f"{s} ({sum(t.where == s for t in res.trials)})" for s in servers))
     print(f"default {res.default_seconds * 1e3:.3f} ms, best {res.seconds * 1e3:.3f} ms "
           f"({res.speedup:.2f}x) with {_plans(res.plans)}\nrecorded in {tdb.user_path()}")
     return 0
+
+
+def _rpc_runner(args):
+    """The RPCRunner of --rpc HOST:PORT --rpc-key KEY, or None (measure here)."""
+    if args.rpc is None:
+        if args.rpc_key is not None:
+            raise SystemExit("attncc tune: --rpc-key needs --rpc HOST:PORT (the RPC tracker's address)")
+        return None
+    try:
+        host, port = parse_address(args.rpc)
+    except ValueError as e:
+        raise SystemExit(f"attncc tune: --rpc: {e}") from None
+    return RPCRunner(host, port, args.rpc_key or DEFAULT_KEY)
 
 
 def _plans(plans):
@@ -166,6 +189,9 @@ def add_parsers(sub):
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--spec-var", default="spec", help="the spec's variable name in a Python file")
     p.add_argument("--retune", action="store_true", help="tune even when the database has this workload")
+    p.add_argument("--rpc", metavar="HOST:PORT", help="measure on the servers of this TVM RPC tracker (several "
+                                                       "candidates at once; they must be of this machine's CPU class)")
+    p.add_argument("--rpc-key", metavar="KEY", help="the servers' key at the tracker (default: attncc)")
     p.set_defaults(fn=cmd_tune)
     p = sub.add_parser("db", help="the schedule database: list | show | export | clear")
     dsub = p.add_subparsers(dest="db_cmd", required=True)
