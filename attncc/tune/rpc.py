@@ -234,8 +234,8 @@ class RPCRunner:
             (cpu, threads), where = got["cpu"], got["where"]
             if cpu != self.cpu:
                 raise RPCUnavailable(f"RPC server {where} runs a {cpu!r} CPU, this machine a {self.cpu!r} one: the "
-                                     "kernels are compiled for this machine's CPU, so the servers must be of its class; "
-                                     "tune on a machine like the servers, or use servers like this one")
+                                     "kernels are compiled for this machine's CPU, so the servers must be of its "
+                                     "class; tune on a machine like the servers, or use servers like this one")
             self.device = f"{cpu_fingerprint().rsplit(':', 1)[0]}:{threads}c"
         return self.device
 
