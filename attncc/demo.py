@@ -159,6 +159,8 @@ class Comparison:
     layers: list            # (layer name, before s, after s)
     before: float
     after: float
+    swapped: object = None  # the swapped copy of the model
+    others: dict = None     # end-to-end seconds of the `extra` variants, timed with before and after
 
     @property
     def speedup(self):
@@ -172,9 +174,11 @@ class Comparison:
         return "\n".join(rows)
 
 
-def compare(model, batch=8, rounds=3, backend="auto", layer_rounds=None, stream=sys.stderr, tol=1e-4):
+def compare(model, batch=8, rounds=3, backend="auto", layer_rounds=None, stream=sys.stderr, tol=1e-4, extra=None):
     """Swap a deep copy of `model.module`, check its output against the original's on one
-    input, and time both: each layer on its captured input, then the whole model."""
+    input, and time both: each layer on its captured input, then the whole model. `extra`
+    (swapped model -> {name: model}) adds variants to the end-to-end rounds, interleaved with
+    the two (Comparison.others)."""
     import attncc as ac
     torch.manual_seed(0)
     orig = model.module
@@ -196,6 +200,10 @@ def compare(model, batch=8, rounds=3, backend="auto", layer_rounds=None, stream=
                              "after": lambda: b_mods[name](*inputs[name])}, layer_rounds or rounds, 0.1)
             layers.append((name, t["before"], t["after"]))
         bar(0, 1, "timing end to end", stream)
-        t = interleaved({"before": lambda: orig(x), "after": lambda: new(x)}, rounds, 0.5)
+        calls = {"before": lambda: orig(x), "after": lambda: new(x)}
+        others = extra(new) if extra else {}
+        calls.update({name: (lambda m=m: m(x)) for name, m in others.items()})
+        t = interleaved(calls, rounds, 0.5)
         bar(1, 1, "timing end to end", stream)
-    return Comparison(model.name, report, diff, equal, layers, t["before"], t["after"])
+    return Comparison(model.name, report, diff, equal, layers, t["before"], t["after"], new,
+                      {name: t[name] for name in others})
