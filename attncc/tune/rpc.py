@@ -27,7 +27,6 @@ fails its candidates. Records are keyed by this machine's fingerprint with the s
 count (runtime.NumThreads of their TVM pool: half the logical CPUs unless TVM_NUM_THREADS says
 otherwise). The servers run the kernels on TVM's thread pool, not torch's OpenMP threads.
 """
-import hashlib
 import math
 import os
 import socket
@@ -121,16 +120,12 @@ class Job:
 
 
 def library(comp):
-    """The shared library that build.compile_source exported for a compiled group kernel (the
-    cache file is named by the same key)."""
-    from ..codegen.tvm.build import cache_dir, host_target
-    from ..version import __version__
-    key = hashlib.sha256("\n".join([__version__, str(host_target()), comp.source]).encode()).hexdigest()[:24]
-    so, py = cache_dir() / f"{key}.so", cache_dir() / f"{key}.py"
-    if not so.is_file() or (py.is_file() and py.read_text() != comp.source):
-        raise RuntimeError(f"the compiled library of a group kernel is not where the TVM cache keeps it ({so}); "
-                           "was the cache directory (ATTNCC_CACHE_DIR) changed or cleared during tuning?")
-    return str(so)
+    """The shared library a compiled group kernel was loaded from (build.compile_source's disk
+    cache file)."""
+    if not comp.path or not os.path.isfile(comp.path):
+        raise RuntimeError(f"the compiled library of a group kernel is not in the TVM cache any more ({comp.path}); "
+                           "was the cache directory (ATTNCC_CACHE_DIR) cleared during tuning?")
+    return comp.path
 
 
 def prepare(prog, bench):

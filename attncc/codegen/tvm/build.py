@@ -38,11 +38,13 @@ def cache_dir():
 
 
 class Compiled:
-    """A compiled group kernel: the callable, its source, how long it took to get, and whether
-    its parallel loops run on torch's OpenMP threads (threads.py) or TVM's pool."""
+    """A compiled group kernel: the callable, its source, how long it took to get, whether its
+    parallel loops run on torch's OpenMP threads (threads.py) or TVM's pool, and the shared
+    library it was loaded from (the disk cache's file; RPC measurement uploads it)."""
 
-    def __init__(self, fn, source, seconds, from_disk, omp=False):
+    def __init__(self, fn, source, seconds, from_disk, omp=False, path=None):
         self.fn, self.source, self.seconds, self.from_disk, self.omp = fn, source, seconds, from_disk, omp
+        self.path = path
 
 
 def compile_source(source, key_parts):
@@ -67,6 +69,6 @@ def compile_source(source, key_parts):
         os.replace(tmp, so)                 # atomic: concurrent processes never see half a file
     fn = tvm.runtime.load_module(str(so))["main"]     # run from the library: its launch pointer is ours to set
     omp = use_torch_threads(so, d)
-    got = Compiled(fn, source, time.perf_counter() - t0, from_disk, omp)
+    got = Compiled(fn, source, time.perf_counter() - t0, from_disk, omp, str(so))
     _MEMORY[key] = got
     return got
