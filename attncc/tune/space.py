@@ -1,6 +1,7 @@
 """The search space: candidate plans per backend, built from the TilePlan knobs that matter on
 that backend, snapped to each head group's block atoms and pruned by the fast-memory model
-(ir/plan.py fits) before anything compiles.
+(ir/plan.py fits: L2 per core for "tvm", shared memory per SM for the Triton targets "sm_80"
+and "sm_90", at the dtype's element size) before anything compiles.
 
 A candidate is a tuple of plans, one per head group: one knob setting applied to every group
 (block sizes snapped to that group's atoms and extents). The default plans come first, then
@@ -11,8 +12,9 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from ..ir.plan import fits
+from ..ir.plan import FAST_MEMORY, fits
 from ..passes.classify_blocks import atom
+from ..passes.plan import ELEM_BYTES
 
 # the knobs of the TVM CPU backend: query tile, key tile, unrolled rows, vector lanes
 TVM_SPACE = {
@@ -21,7 +23,15 @@ TVM_SPACE = {
     "fast": dict(block_m=("half", "default", "double"), block_n=("half", "default", "double", "whole"),
                  unroll=(4, 6), vector=("default",)),
 }
-SPACES = {"tvm": TVM_SPACE}
+# the knobs of the Triton GPU backend: query tile, key tile, warps, software-pipeline stages
+# ("less" / "more": the default's stages minus / plus one)
+TRITON_SPACE = {
+    "full": dict(block_m=(16, 32, 64, 128), block_n=(16, 32, 64, 128), num_warps=(4, 8), num_stages=(2, 3, 4)),
+    "fast": dict(block_m=("half", "default", "double"), block_n=("half", "default", "double"), num_warps=(4, 8),
+                 num_stages=("less", "default", "more")),
+}
+SPACES = {"tvm": TVM_SPACE, "sm_80": TRITON_SPACE, "sm_90": TRITON_SPACE}
+STEP = {"less": -1, "more": 1}
 MODES = ("fast", "full")
 
 
@@ -49,18 +59,20 @@ def _snap(want, extent, default):
     return a * max(1, min(round(want / a), whole // a))
 
 
-def _setting(grp, p0, knobs):
+def _setting(grp, p0, knobs, gpu=False):
     """Apply one knob setting to a group's default plan."""
     gat = grp.gather
     kw = {}
-    # per-query key lists are one tile; linear attention's tiles are its chunks
-    if not gat.per_query and "block_n" in knobs:
+    # per-query key lists are one tile; linear attention's tiles are its chunks; the Triton
+    # routed kernel's key tile is one routed region whatever block_n says
+    if not gat.per_query and not (gpu and gat.kind == "routing") and "block_n" in knobs:
         kw["block_n"] = _snap(knobs["block_n"], gat.Lk, p0.block_n)
     if "block_m" in knobs:
         kw["block_m"] = _snap(knobs["block_m"], gat.Lq, p0.block_m)
     for k in ("unroll", "vector", "num_warps", "num_stages"):
         if k in knobs:
-            kw[k] = getattr(p0, k) if knobs[k] == "default" else knobs[k]
+            want, base = knobs[k], getattr(p0, k)
+            kw[k] = base if want == "default" else max(1, base + STEP[want]) if want in STEP else want
     return p0.replace(**kw)
 
 
@@ -85,16 +97,18 @@ def search_space(prog, mode="fast", space=None):
         raise Untunable(f"no tuning search space for target {prog.target!r}; tunable targets: "
                                   f"{', '.join(SPACES)}")
     knobs = table[mode] if mode in table else table
+    gpu = FAST_MEMORY[prog.target].kind == "smem"
+    elem = ELEM_BYTES.get(prog.dtype, 4) if gpu else 4      # GPU tiles are staged in the input dtype
     default = tuple(g.plan for g in prog.groups)
     names = list(knobs)
     seen, cands, pruned = {default}, [default], []
     for values in itertools.product(*(knobs[n] for n in names)):
         setting = dict(zip(names, values))
-        cand = tuple(_setting(g, p0, setting) for g, p0 in zip(prog.groups, default))
+        cand = tuple(_setting(g, p0, setting, gpu) for g, p0 in zip(prog.groups, default))
         if cand in seen:
             continue
         seen.add(cand)
-        if all(fits(p, prog.dims.d, prog.dims.dv, prog.target) for p in cand):
+        if all(fits(p, prog.dims.d, prog.dims.dv, prog.target, elem) for p in cand):
             cands.append(cand)
         else:
             pruned.append(cand)
