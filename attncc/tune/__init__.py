@@ -5,8 +5,10 @@ against the fp64 oracle, and keep the winners in a JSON schedule database.
     result = tune(spec, dims, "float32", mode="fast", budget_s=60)    # stores the winner
     ac.compile(spec, tune=True)      # looks the plan up (exact shape, then shape bucket), else tunes
 
-Modules: space (candidates and fast-memory pruning), verify (the oracle check), search (the
-tuner), db (records, lookup, file lock), device (the fingerprint records are keyed by).
+Modules: space (candidates and fast-memory pruning), verify (the oracle check), build (a
+candidate's compile per target: TVM, Triton on a CUDA GPU), runner (where candidates are
+measured), search (the tuner), db (records, lookup, file lock), device (the fingerprint records
+are keyed by: this CPU, or a GPU's name and arch).
 """
 from .db import Database, DatabaseWarning, databases, lookup, shape_bucket, user_database, workload_hash
 from .device import fingerprint

@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 
 from ..dsl.spec import Attention
+from ..ir.plan import TilePlan
 from ..ir.program import Dims
 from . import db as tdb
+from .build import plan_label
 from .device import fingerprint
 from .rpc import DEFAULT_KEY, RemoteError, RPCRunner, RPCUnavailable, parse_address
 
@@ -140,7 +142,7 @@ def db_list(args):
     for n, (src, r) in enumerate(rows):
         dev = "this" if r["device"] == this else r["device"]
         dflt = r.get("default_time_s")
-        plans = " / ".join(f"{p['block_m']}x{p['block_n']} u{p['unroll']} v{p['vector']}" for p in r["plans"])
+        plans = plan_label([TilePlan(**p) for p in r["plans"]], r["target"]).replace(" | ", " / ")
         print(f"| {n} | {src} | {r.get('spec', r['workload'])[:60]} | {','.join(map(str, r['shape']))} | {r['dtype']} "
               f"| {dev} | {plans} "
               f"| {r['time_s'] * 1e3:.3f} | {'' if dflt is None else f'{dflt * 1e3:.3f}'} |")

@@ -36,10 +36,18 @@ def time_call(fn, min_time=0.05, max_reps=25):
     return statistics.median(ts + [one])
 
 
+def time_cuda(fn, min_time=0.05):
+    """Median seconds of fn() on a CUDA device: triton.testing.do_bench (a warm-up, then CUDA
+    events around each call with the L2 cache flushed in between, read after a synchronize),
+    about min_time seconds of calls."""
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=max(1.0, 250 * min_time), rep=max(5.0, 1e3 * min_time), return_mode="median") / 1e3
+
+
 @dataclass
 class Bench:
-    """What every candidate runs on: the inputs, the oracle that judges the output, and the
-    seconds of calls one timing takes."""
+    """What every candidate runs on: the inputs (on the device the candidates run on), the
+    oracle that judges the output (on the CPU), and the seconds of calls one timing takes."""
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
@@ -47,9 +55,17 @@ class Bench:
     oracle: Oracle
     min_time: float
 
+    def time(self, fn, scale=1.0):
+        """Median seconds of fn(): synchronized CUDA-event timing for CUDA inputs, else the
+        wall clock; scale x min_time seconds of calls."""
+        if self.q.is_cuda:
+            return time_cuda(fn, scale * self.min_time)
+        return time_call(fn, scale * self.min_time)
+
 
 class LocalRunner:
-    """Measures candidates in this process, one at a time (tune's default runner)."""
+    """Measures candidates in this process, one at a time (tune's default runner): on the CPU,
+    or on the CUDA device the inputs live on."""
     width = 1                   # candidates measured at once
     name = "local"
 
@@ -70,7 +86,7 @@ class LocalRunner:
             out = fn(bench.q, bench.k, bench.v, bench.tensors)
             trial.ok, trial.error = bench.oracle.check(out)
             if trial.ok:
-                trial.seconds = time_call(lambda: fn(bench.q, bench.k, bench.v, bench.tensors), bench.min_time)
+                trial.seconds = bench.time(lambda: fn(bench.q, bench.k, bench.v, bench.tensors))
             fut.set_result(trial)
         except (KeyboardInterrupt, MemoryError):
             raise
@@ -84,7 +100,7 @@ class LocalRunner:
             for cand, times in final.items():
                 if cand in fns:
                     fn = fns[cand]
-                    times.append(time_call(lambda: fn(bench.q, bench.k, bench.v, bench.tensors), 4 * bench.min_time))
+                    times.append(bench.time(lambda: fn(bench.q, bench.k, bench.v, bench.tensors), 4))
 
 
 def make_runner(rpc):

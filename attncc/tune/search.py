@@ -2,11 +2,18 @@
 oracle, time the ones that pass on this machine, record the winner in the database.
 
     result = tune(spec, dims, "float32", mode="fast", budget_s=60)
+    result = tune(spec, dims, "float16", target="sm_90")     # Triton plans, on a CUDA GPU
+
+Targets: "tvm" (the CPU kernels, timed on this CPU) and the Triton plan targets "sm_80" and
+"sm_90" (timed on this machine's CUDA GPU, which must be of that arch; without a GPU they
+raise: Triton's interpreter is never timed). GPU inputs live on the device, the oracle on the
+CPU.
 
 Timing: one warm-up call, then the median of repeated calls (at least `min_time` seconds of
-them); the default and the best few are timed again in interleaved rounds at the end (4 x
-min_time per round) and the winner is the lowest median of the round medians, provided it
-beats the default's by MARGIN (3%); otherwise the default plans stay. A candidate whose output misses the oracle's bound never wins.
+them; on a GPU, triton.testing.do_bench: CUDA events, synchronized); the default and the best
+few are timed again in interleaved rounds at the end (4 x min_time per round) and the winner
+is the lowest median of the round medians, provided it beats the default's by MARGIN (3%);
+otherwise the default plans stay. A candidate whose output misses the oracle's bound never wins.
 Ctrl-C stops the search and keeps (and records) the best plan found so far.
 
 Where candidates run is the runner's business: LocalRunner (this process, the default) or
@@ -27,8 +34,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..passes.pipeline import lower
+from .build import BUILDERS, GPU_TARGETS, make_inputs, need_gpu, plan_label, triton_build, tvm_build  # noqa: F401
 from .db import lookup, make_record, user_database, workload_hash
-from .runner import Bench, make_runner, time_call  # noqa: F401  (time_call: bench/tune.py)
+from .runner import Bench, make_runner, time_call, time_cuda  # noqa: F401  (bench/tune.py)
 from .space import MODES, search_space
 from .verify import Oracle
 
@@ -74,32 +82,6 @@ class TuneResult:
         return [t for t in self.trials if not t.ok]
 
 
-def plan_label(plans):
-    return " | ".join(f"{p.block_m}x{p.block_n} u{p.unroll} v{p.vector}" for p in plans)
-
-
-def make_inputs(dims, dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(dims.B, dims.H, dims.N, dims.d, generator=gen).to(dtype)
-    k = torch.randn(dims.B, dims.H, dims.M, dims.d, generator=gen).to(dtype)
-    v = torch.randn(dims.B, dims.H, dims.M, dims.dv, generator=gen).to(dtype)
-    return q, k, v
-
-
-def tvm_build(spec, dims, dtype, tensors, plans, target="tvm"):
-    """Compile a candidate with the TVM backend: a callable (q, k, v, tensors) -> out, and the
-    compile seconds."""
-    from ..codegen.tvm.backend import TVMProgram
-    t0 = time.perf_counter()
-    comp = TVMProgram(lower(spec, dims, dtype, target, plans=plans, verify=False).program, tensors)
-    fn = lambda q, k, v, t: comp(q, k, v, t)     # noqa: E731
-    fn.program = comp                            # what an RPC runner uploads
-    return fn, time.perf_counter() - t0
-
-
-BUILDERS = {"tvm": tvm_build}
-
-
 def _worker_init():
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's to handle
 
@@ -115,8 +97,8 @@ def _precompile(spec, dims, dtype, tensors, plans, target):
 class Progress:
     """One status line on stderr: candidates done, the best time so far and its plan."""
 
-    def __init__(self, total, stream=None, enabled=True):
-        self.total, self.stream, self.enabled = total, stream or sys.stderr, enabled
+    def __init__(self, total, stream=None, enabled=True, target="tvm"):
+        self.total, self.stream, self.enabled, self.target = total, stream or sys.stderr, enabled, target
         self.tty = getattr(self.stream, "isatty", lambda: False)()
         self.t0 = time.perf_counter()
 
@@ -125,7 +107,7 @@ class Progress:
             return
         width = 20
         fill = int(width * done / max(1, self.total))
-        best_s = f"best {best.seconds * 1e3:.3f} ms ({plan_label(best.plans)})" if best else "best -"
+        best_s = f"best {best.seconds * 1e3:.3f} ms ({plan_label(best.plans, self.target)})" if best else "best -"
         line = (f"tuning [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} {best_s} "
                 f"{time.perf_counter() - self.t0:.0f}s {note}")
         self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
@@ -176,8 +158,11 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
 
     mode: "fast" (the default's neighbours) or "full" (the whole space); budget_s / trials
     stop the search early (the default plan always counts as the first trial). jobs > 1
-    compiles candidates in that many worker processes. build(plans) -> (fn, seconds) replaces
-    the backend's compile (for other runners, and for tests). An already-tuned workload
+    compiles candidates in that many worker processes (target "tvm"). build(plans) -> (fn,
+    seconds) replaces the backend's compile (for other runners, and for tests). The GPU
+    targets "sm_80" / "sm_90" tune on the current CUDA device (need_gpu: an error without one
+    unless build= is given); the inputs and captured tensors are moved there, the oracle
+    judges on the CPU, and records are keyed by the GPU's fingerprint. An already-tuned workload
     returns its record without compiling anything unless retune=True. rpc=(host, port, key)
     measures on the servers an RPC tracker hands out under `key`, one candidate per free
     server at a time, the final rounds too (rpc.py; the record is keyed by their device), or
@@ -192,6 +177,11 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
     budget_s = budget["seconds"] if budget_s is None else budget_s
     trials = budget["trials"] if trials is None else trials
     tensors = dict(tensors or {})
+    gpu = target in GPU_TARGETS
+    if gpu and build is None:
+        where = need_gpu(target)        # before the fingerprint: no GPU is this error, not torch's
+    else:
+        where = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
     db = user_database() if db is None else db
     runner = make_runner(rpc)
     workload, device = workload_hash(spec, dims, target), runner.fingerprint(target)
@@ -207,17 +197,19 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
     space = search_space(low.program, mode)
     cands = list(space.candidates[:trials] if trials else space.candidates)
     q, k, v = make_inputs(dims, getattr(torch, dtype))
-    bench = Bench(q, k, v, tensors, Oracle(low.stages[0][1], q, k, v, tensors), min_time)
+    oracle = Oracle(low.stages[0][1], q, k, v, {n: x.cpu() for n, x in tensors.items()})
+    tensors = {n: x.to(where) for n, x in tensors.items()}
+    bench = Bench(*(x.to(where) for x in (q, k, v)), tensors, oracle, min_time)
     if build is None:
         builder = BUILDERS.get(target)
         if builder is None:
             raise NotImplementedError(f"no tuning runner for target {target!r}; tunable: {', '.join(BUILDERS)}")
         build = lambda plans: builder(spec, dims, dtype, tensors, plans, target)     # noqa: E731
-        pool_ok = jobs > 1 and _picklable(spec, tensors)
+        pool_ok = jobs > 1 and not gpu and _picklable(spec, tensors)
     else:
         pool_ok = False
     bar = Progress(len(cands), enabled=(sys.stderr.isatty() if progress is None else bool(progress)),
-                   stream=progress if hasattr(progress, "write") else None)
+                   stream=progress if hasattr(progress, "write") else None, target=target)
     done, fns, pending, interrupted = [], {}, {}, False
     best = None
     pool = (ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
@@ -260,7 +252,7 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
             fns[t.plans] = fn
             if best is None or t.seconds < best.seconds:
                 best = t
-        bar.update(len(done), best, "" if t.ok else f"rejected {plan_label(t.plans)}: {t.failure[:80]}")
+        bar.update(len(done), best, "" if t.ok else f"rejected {plan_label(t.plans, target)}: {t.failure[:80]}")
         if ctrl_c.hit:
             raise KeyboardInterrupt
 
