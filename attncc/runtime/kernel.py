@@ -3,6 +3,7 @@
 A Kernel is specialised per call shape: the first call with new shapes lowers the spec
 through the pass pipeline (cached per shape and dtype), later calls run the backend.
 """
+import contextlib
 import math
 import sys
 import warnings
@@ -19,6 +20,8 @@ from .inputs import check_call, layouts
 
 BACKENDS = ("auto", "tvm", "triton", "reference")
 TUNE = (False, None, True, "fast", "full")
+# plan targets with tuned plans: the TVM CPU kernels, the Triton kernels per GPU arch
+TUNED_TARGETS = ("tvm", "sm_80", "sm_90")
 
 
 def available():
@@ -89,12 +92,13 @@ class Kernel:
         self.requested = backend
         self.backend = _resolve(backend)
         # tune: look the plan up in the schedule database (exact shape, then shape bucket), else
-        # run the autotuner at the first call of a shape (attncc/tune); "full" searches everything
+        # run the autotuner at the first call of a shape (attncc/tune); "full" searches everything.
+        # TVM plans are tuned on this CPU, Triton plans on the CUDA GPU the call's tensors are on
         self.tune = {True: "fast"}.get(tune, tune) or None
-        if self.tune and self.backend != "tvm":
-            raise ValueError(f"tune={tune!r} tunes the TVM CPU backend's plans; backend={backend!r} has nothing to tune "
-                             "here (the reference is not tiled; Triton tuning needs a GPU run and is not implemented "
-                             "yet); use backend='tvm' or 'auto', or tune=False")
+        if self.tune and self.backend not in ("tvm", "triton"):
+            raise ValueError(f"tune={tune!r} tunes the generated kernels' plans (TVM on the CPU, Triton on a CUDA GPU); "
+                             f"backend={backend!r} has nothing to tune (the reference is not tiled); use backend='auto', "
+                             "'tvm' or 'triton', or tune=False")
         self._tuned = {}
         self._lowered = {}
         self._compiled = {}
@@ -108,16 +112,21 @@ class Kernel:
     def lower(self, dims, dtype="float32", target=None):
         """The Lowered pipeline result for these dims (cached). `target` defaults to the
         backend's (the triton backend plans for sm_80 unless a call's device says sm_90).
-        With tune=..., the plans come from the schedule database when it has them."""
+        With tune=..., the plans come from the schedule database when it has them (for a GPU
+        target: what a call on CUDA tensors looked up or tuned, tuned_plans)."""
         target = target or self._target
         key = (dims, dtype, target)
         got = self._lowered.get(key)
         if got is None:
-            plans = self.tuned_plans(dims, dtype) if self.tune and target == "tvm" else None
+            plans = None
+            if self.tune and target == "tvm":
+                plans = self.tuned_plans(dims, dtype)
+            elif self.tune and target in TUNED_TARGETS:
+                plans = self._tuned.get(key)
             try:
                 got = lower(self.spec, dims, dtype, target=target, plans=plans)
             except ValueError:
-                if plans is None or self._tuned.get((dims, dtype)) is not None:
+                if plans is None or self._tuned.get(key) is not None:
                     raise
                 # a record of a nearby shape whose tiles do not fit this shape's atoms: defaults
                 got = lower(self.spec, dims, dtype, target=target)
@@ -125,27 +134,33 @@ class Kernel:
         self._last = (dims, dtype)
         return got
 
-    def tuned_plans(self, dims, dtype, tensors=None):
-        """The plans tuning chose for these shapes: this kernel's own tuning run, else the
-        database (exact shape, then bucket), else None (defaults). With `tensors` (the call's
-        captured tensors) a miss runs the autotuner and records its winner."""
-        key = (dims, dtype)
+    def tuned_plans(self, dims, dtype, tensors=None, target="tvm", device=None):
+        """The plans tuning chose for these shapes and plan target: this kernel's own tuning run,
+        else the database (exact shape, then bucket), else None (defaults). Records are keyed by
+        the device: this CPU for "tvm", the CUDA `device` for "sm_80" / "sm_90" (a GPU target's
+        answer is kept for lower()). With `tensors` (the call's captured tensors) a miss runs
+        the autotuner (on that CUDA device for a GPU target) and records its winner."""
+        key = (dims, dtype, target)
         if key in self._tuned:
             return self._tuned[key]
         from ..passes.canonicalize import canonicalize
         from ..tune import db as tdb
-        from ..tune.device import fingerprint
-        canon = canonicalize(self.spec, dims, "float32", "tvm")
-        hit = tdb.lookup(tdb.program_hash(canon, self.spec), "tvm", fingerprint("tvm"), dtype,
-                         (dims.B, dims.H, dims.N, dims.M, dims.d, dims.dv))
+        from ..tune.device import fingerprint, gpu_fingerprint
+        gpu = target != "tvm"
+        canon = canonicalize(self.spec, dims, "float32", target)
+        hit = tdb.lookup(tdb.program_hash(canon, self.spec), target, gpu_fingerprint(device) if gpu else
+                         fingerprint(target), dtype, (dims.B, dims.H, dims.N, dims.M, dims.d, dims.dv))
         if hit is not None and len(hit.plans) == len(canon.groups):
+            if gpu:
+                self._tuned[key] = hit.plans
             return hit.plans
         if tensors is None:
             return None
         from ..tune import tune
         from ..tune.space import Untunable
         try:
-            self._tuned[key] = tune(self.spec, dims, dtype, tensors, mode=self.tune).plans
+            with torch.cuda.device(device) if gpu and device is not None else contextlib.nullcontext():
+                self._tuned[key] = tune(self.spec, dims, dtype, tensors, mode=self.tune, target=target).plans
         except Untunable as e:
             warnings.warn(f"attncc: {e}; running the default plans", stacklevel=4)
             self._tuned[key] = None
@@ -215,11 +230,15 @@ class Kernel:
         elif q.device.type != "cuda":
             raise ValueError(f"backend='triton' runs on CUDA tensors (or CPU tensors under Triton's interpreter, "
                              f"for testing) but q is on {q.device}; move the tensors to a CUDA device")
-        if self.tune and not self._tuned.get("triton warned"):
-            warnings.warn(f"attncc: tune={self.tune!r} tunes the TVM CPU kernels; these {q.device} tensors run Triton "
-                          "with its default plans (Triton tuning is not implemented yet)", stacklevel=3)
-            self._tuned["triton warned"] = True
-        comp = self.compiled_triton(dims, dtype, tensors, triton_target(q.device))
+        target = triton_target(q.device)
+        if self.tune and q.device.type == "cuda":
+            self.tuned_plans(dims, dtype, tensors, target, q.device)    # looks up, tunes on a database miss
+        elif self.tune and not self._tuned.get("interpreter warned"):
+            warnings.warn(f"attncc: tune={self.tune!r} tunes Triton plans on a CUDA GPU; Triton's interpreter on these "
+                          "CPU tensors is never tuned (its times say nothing about a GPU) and runs the default plans; "
+                          "pass CUDA tensors to tune", stacklevel=3)
+            self._tuned["interpreter warned"] = True
+        comp = self.compiled_triton(dims, dtype, tensors, target)
         if comp is None:
             return eager.run(self.lower(dims, dtype).program, q, k, v, tensors, return_lse=return_lse)
         return differentiable(comp, comp.prog, q, k, v, tensors, return_lse)
