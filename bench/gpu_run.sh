@@ -2,11 +2,16 @@
 # One call on a lent GPU machine (its python3 holds torch, triton, timm, pytest, hypothesis):
 # install attncc from this tree without dependencies, then the steps asked for: the Triton
 # suite's oracle tests on the GPU (ATTNCC_TEST_DEVICE=cuda), the GPU bench against the peers,
-# the plan sweep. Logs and results go to $OUT (or bench/out/gpu when $OUT is unset).
+# the plan sweep, tuning. Logs and results go to $OUT (or bench/out/gpu when $OUT is unset).
 #
-#     bash bench/gpu_run.sh [tests] [bench] [plans]      (default: all three)
+#     bash bench/gpu_run.sh [tests] [bench] [plans] [tune]      (default: tests bench plans)
 #     BENCH_ARGS="--only full_d64" PLANS_ARGS="--only causal_d64" bash bench/gpu_run.sh bench plans
 #     TESTS_K="matches and linear" bash bench/gpu_run.sh tests      (a pytest -k selection)
+#     TUNE_ARGS="--only full_d64 causal_d64 --budget 40" bash bench/gpu_run.sh tune
+#
+# tune: bench/tune.py --gpu tunes the Triton plans of the GPU bench shapes for this GPU's arch
+# (about 30 s a shape; no shape starts after 450 s) and ships the records to
+# schedules/gpu-<name>-<arch>.json, which is copied to $OUT with the table (tune_gpu.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 steps=" ${*:-tests bench plans} "
@@ -37,5 +42,15 @@ fi
 if [[ $steps == *" plans "* ]]; then
     # shellcheck disable=SC2086
     python3 bench/gpu_plans.py --out "$out" ${PLANS_ARGS:-} 2>&1 | tee "$out/plans.log" || rc=1
+fi
+if [[ $steps == *" tune "* ]]; then
+    # shellcheck disable=SC2086
+    python3 bench/tune.py --gpu --ship schedules --out "$out" ${TUNE_ARGS:-} 2>&1 | tee "$out/tune.log" || rc=1
+    shipped=$(ls schedules/gpu-*.json 2>/dev/null)
+    if [[ -n $shipped ]]; then
+        cp $shipped "$out/" && echo "tune: shipped $(echo $shipped) (copied to $out)"
+    else
+        echo "tune: no records shipped to schedules/"; rc=1
+    fi
 fi
 exit $rc

@@ -1,13 +1,19 @@
 """Tuned against default plans on the CPU bench shapes (the rows of bench/cpu_attention.py), and
-the cost of a tuning-database lookup.
+the cost of a tuning-database lookup; with --target sm_80 / sm_90 (or --gpu: this GPU's arch)
+the Triton plans of the GPU bench shapes (the rows of bench/gpu_attention.py, fp16) on a CUDA GPU.
 
     python bench/tune.py [--only vit causal4096 ...] [--mode fast] [--budget 120] [--rounds 5]
     python bench/tune.py --lookup            # lookup cost only
     python bench/tune.py --ship schedules/   # also write the records as a shipped file
+    python bench/tune.py --gpu --ship schedules/ [--budget 30] [--time-limit 450]   # on a GPU
 
-Each shape is tuned (or read from the user database when already tuned), then the default
+Each CPU shape is tuned (or read from the user database when already tuned), then the default
 and the tuned plans are compiled and timed in interleaved rounds in one process (medians).
 Writes bench/out/tune.{md,json}. Timings on a shared machine are noisy: compare ratios.
+On a GPU the tuner's own final interleaved rounds (default against the finalists, CUDA-event
+medians) are the comparison; shapes start in order until --time-limit seconds have passed,
+and each shape's record is shipped as soon as it is tuned (a run cut short keeps what it
+found). Writes bench/out/tune_gpu.{md,json}.
 """
 import argparse
 import json
@@ -27,9 +33,10 @@ from attncc.passes.pipeline import lower
 from attncc.tune import Database, tune, workload_hash
 from attncc.tune import db as tdb
 from attncc.tune.device import cpu_fingerprint
-from attncc.tune.search import make_inputs, time_call
+from attncc.tune.search import make_inputs, need_gpu, plan_label, time_call
 
 OUT = Path(__file__).parent / "out"
+GPU_TARGETS = ("sm_80", "sm_90")
 
 
 def shapes():
@@ -52,6 +59,46 @@ def shapes():
         "neighborhood": ("neighborhood 7x7 on 56x56 B8 H3 d32", ac.Attention(ac.neighborhood2d((56, 56), (7, 7))),
                          swin, {}),
     }
+
+
+def gpu_shapes():
+    """name -> (description, spec, dims, captured tensors): the bench/gpu_attention.py rows, the
+    headline shapes first (B8 H16 N4096 dense, 112x112 grids, BiFormer-T's routing stages at
+    batch 8). Linear attention is listed too: untunable (its chunk plan is fixed), so reported."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import routing
+    B, H, N = 8, 16, 4096
+    n64, grid, T = Dims(B, H, N, N, 64, 64), (112, 112), 112 * 112
+    g64 = Dims(B, H, T, T, 64, 64)
+    out = {}
+    for d in (64, 128):
+        out[f"full_d{d}"] = (f"full softmax B{B} H{H} N{N} d{d}", ac.Attention(), Dims(B, H, N, N, d, d), {})
+        out[f"causal_d{d}"] = (f"causal B{B} H{H} N{N} d{d}", ac.Attention(ac.causal()), Dims(B, H, N, N, d, d), {})
+    out["sliding"] = (f"causal sliding window 256, B{B} H{H} N{N} d64", ac.Attention(ac.sliding_window(256)), n64, {})
+    rpb = {"rpb": 0.02 * torch.randn(169, H, generator=torch.Generator().manual_seed(0))}
+    for shift in (0, 3):
+        out[f"swin_shift{shift}"] = (f"Swin 112x112 win7 shift{shift} B{B} H{H} d64 (+rpb)", ac.Attention(
+            ac.window2d(grid, (7, 7), (shift, shift)), score_mods=ac.rel_pos_bias("rpb", (7, 7))), g64, rpb)
+    out["neighborhood"] = (f"neighborhood 7x7 on 112x112, B{B} H{H} d64", ac.Attention(ac.neighborhood2d(grid, (7, 7))),
+                           g64, {})
+    out["axial_rows"] = (f"axial rows 112x112, B{B} H{H} d64", ac.Attention(ac.axial(grid, 1)), g64, {})
+    out["axial_cols"] = (f"axial columns 112x112, B{B} H{H} d64", ac.Attention(ac.axial(grid, 0)), g64, {})
+    out["sigmoid"] = (f"sigmoid (b = -log n) B{B} H{H} N{N} d64", ac.Attention(normalizer=ac.sigmoid()), n64, {})
+    gen = torch.Generator().manual_seed(0)
+    lay = (torch.rand(N // 128, N // 128, generator=gen) < 0.25) | torch.eye(N // 128, dtype=torch.bool)
+    out["block_sparse_call"] = (f"block-sparse call-time layout ({lay.float().mean().item():.0%} of 128x128 blocks), "
+                                f"B{B} H{H} N{N} d64", ac.Attention(ac.block_sparse("layout", (128, 128))), n64,
+                                {"layout": lay})
+    for stage, (rgrid, regions, topk, hr, dr) in routing.STAGES.items():
+        nr = rgrid[0] * rgrid[1]
+        out[f"routing_{stage}"] = (f"routing {rgrid[0]}x{rgrid[1]}, 7x7 regions, topk {topk}, B{B} H{hr} d{dr}",
+                                   ac.Attention(ac.routing(rgrid, regions, topk), scale=(hr * dr) ** -0.5),
+                                   Dims(B, hr, nr, nr, dr, dr), {})
+    lin = Dims(1, 8, N, N, 64, 64)
+    out["linear"] = (f"linear (elu+1) B1 H8 N{N} d64", ac.Attention(normalizer=ac.linear("elu1")), lin, {})
+    out["linear_causal"] = (f"causal linear (elu+1) B1 H8 N{N} d64",
+                            ac.Attention(ac.causal(), normalizer=ac.linear("elu1")), lin, {})
+    return out
 
 
 def label(plans):
@@ -101,16 +148,110 @@ def bench_lookup(n_records=1000, n=20000):
     return cold, ts
 
 
+def ship(records, directory, device):
+    """Add records to the shipped file of `device` in `directory` (no lock file left behind)."""
+    parts = device.split(":")
+    if parts[0] == "gpu":               # 'gpu:NVIDIA H200:sm_90' -> gpu-nvidia-h200-sm_90.json
+        fname = "-".join(("gpu", *parts[1].lower().split(), parts[2])) + ".json"
+    else:                               # 'cpu:<model>:<isa>:<cores>c'
+        fname = "-".join(x for x in ("cpu", *parts[1].lower().split(), parts[2].replace("+", "-"), parts[3])) + ".json"
+    path = Path(directory) / fname
+    db = Database(path)
+    for rec in records:
+        if rec is not None:
+            db.add(rec)
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)     # no lock file in the package
+    return path
+
+
+def gpu_table(head, rows):
+    return "\n".join(head + [
+        f"| {r['shape']} | {r['default']} | {r['tuned']} | {r['default_ms']:.3f} | {r['tuned_ms']:.3f} | "
+        f"{r['speedup']:.2f}x | {r['trials']} ({r['rejected']}) |" if "note" not in r else
+        f"| {r['shape']} | {r['note']} | | | | | |" for r in rows])
+
+
+def main_gpu(args, target):
+    """Tune the Triton plans of the GPU bench shapes on this machine's CUDA GPU."""
+    from attncc.tune.device import gpu_fingerprint
+    from attncc.tune.space import Untunable
+    try:
+        need_gpu(target)
+    except (RuntimeError, ValueError) as e:
+        raise SystemExit(f"bench/tune.py: {e}") from None
+    device, out = gpu_fingerprint(), Path(args.out)
+    print(f"tuning Triton plans ({target}, {args.dtype}, mode {args.mode}, {args.budget:.0f} s per shape) on {device}",
+          flush=True)
+    rows, t0, path = [], time.perf_counter(), None
+    head = [f"Triton plans tuned ({args.mode}) against the defaults, {args.dtype}, {device}; the tuner's final "
+            f"interleaved rounds (CUDA-event medians)", "",
+            "| shape | default plan | tuned plan | default ms | tuned ms | speedup | trials (rejected) |", "|" + "---|" * 7]
+    for name, (desc, spec, dims, tensors) in gpu_shapes().items():
+        if args.only and name not in args.only:
+            continue
+        if args.time_limit and time.perf_counter() - t0 > args.time_limit:
+            rows.append(dict(name=name, shape=desc, note=f"skipped: past --time-limit {args.time_limit:.0f} s"))
+            continue
+        print(f"== {name}: {desc}", file=sys.stderr, flush=True)
+        try:
+            res = tune(spec, dims, args.dtype, tensors, target=target, mode=args.mode, budget_s=args.budget,
+                       trials=args.trials, rounds=args.rounds, progress=True, retune=args.retune)
+        except Untunable as e:
+            rows.append(dict(name=name, shape=desc, note=f"untunable: {e}"))
+            continue
+        except Exception as e:              # one shape's failure (reported) does not lose the others' records
+            rows.append(dict(name=name, shape=desc, note=f"failed: {type(e).__name__}: {str(e)[:200]}"))
+            print(f"   {rows[-1]['note']}", file=sys.stderr, flush=True)
+            continue
+        default = tuple(g.plan for g in lower(spec, dims, args.dtype, target).program.groups)
+        rows.append(dict(name=name, shape=desc, default=plan_label(default, target), tuned=plan_label(res.plans, target),
+                         default_ms=res.default_seconds * 1e3, tuned_ms=res.seconds * 1e3, speedup=res.speedup,
+                         trials=res.record.get("trials"), rejected=res.record.get("rejected"), from_db=res.from_db))
+        if args.ship:
+            path = ship([res.record], args.ship, device)
+        r = rows[-1]
+        print(f"   default {r['default']} {r['default_ms']:.3f} ms, tuned {r['tuned']} {r['tuned_ms']:.3f} ms "
+              f"({r['speedup']:.2f}x){' (from the database)' if res.from_db else ''}", file=sys.stderr, flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tune_gpu.md").write_text(gpu_table(head, rows) + "\n")       # so far
+    text = gpu_table(head, rows)
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune_gpu.md").write_text(text + "\n")
+    (out / "tune_gpu.json").write_text(json.dumps(dict(device=device, target=target, dtype=args.dtype, rows=rows),
+                                                  indent=1))
+    if path is not None:
+        print(f"wrote {sum('note' not in r for r in rows)} record(s) to {path}")
+    return 0 if all("failed" not in r.get("note", "") for r in rows) else 1
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--mode", default="fast", choices=("fast", "full"))
-    ap.add_argument("--budget", type=float, default=180.0, help="tuning seconds per shape")
+    ap.add_argument("--budget", type=float,
+                    help="tuning seconds per shape, the oracle included (default 180 on the CPU, 30 on a GPU)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--lookup", action="store_true", help="measure the lookup cost only")
     ap.add_argument("--ship", help="directory to write this device's records to as a shipped file")
     ap.add_argument("--retune", action="store_true")
+    ap.add_argument("--target", default="tvm", choices=("tvm", *GPU_TARGETS),
+                    help="tvm: the CPU bench shapes; sm_80 / sm_90: the GPU bench shapes' Triton plans (a CUDA GPU)")
+    ap.add_argument("--gpu", action="store_true", help="the Triton plans of this machine's GPU (its arch's target)")
+    ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"), help="GPU inputs")
+    ap.add_argument("--trials", type=int, help="candidates per shape, the default included (GPU; default: the mode's)")
+    ap.add_argument("--time-limit", type=float, default=450.0,
+                    help="GPU: start no shape after this many seconds (0: no limit)")
+    ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
+    if args.gpu or args.target != "tvm":
+        from attncc.runtime.kernel import triton_target
+        target = args.target
+        if args.gpu:
+            target = triton_target(torch.device("cuda")) if torch.cuda.is_available() else "sm_90"
+        args.budget = 30.0 if args.budget is None else args.budget
+        return main_gpu(args, target)
+    args.budget = 180.0 if args.budget is None else args.budget
     torch.set_num_threads(2)
     cold, ts = bench_lookup()
     print(f"database lookup (1000 records; noisy shared machine): first load {cold * 1e3:.2f} ms, then "
@@ -144,19 +285,13 @@ def main(argv=None):
                      f"| {r['speedup']:.2f}x | {r['trials']} |")
     text = "\n".join(lines)
     print(text)
-    OUT.mkdir(exist_ok=True)
-    (OUT / "tune.md").write_text(text + "\n")
-    (OUT / "tune.json").write_text(json.dumps(dict(device=cpu_fingerprint(), rows=rows,
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune.md").write_text(text + "\n")
+    (out / "tune.json").write_text(json.dumps(dict(device=cpu_fingerprint(), rows=rows,
                                                    lookup_s=ts, lookup_cold_s=cold), indent=1))
     if args.ship:
-        dev = cpu_fingerprint().split(":")
-        fname = "-".join(x for x in ("cpu", *dev[1].lower().split(), dev[2].replace("+", "-"), dev[3])) + ".json"
-        path = Path(args.ship) / fname
-        ship = Database(path)
-        for rec in records:
-            if rec is not None:
-                ship.add(rec)
-        path.with_name(path.name + ".lock").unlink(missing_ok=True)     # no lock file in the package
+        path = ship(records, args.ship, cpu_fingerprint())
         print(f"wrote {len(records)} record(s) to {path}")
     return 0
 
