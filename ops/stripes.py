@@ -98,10 +98,10 @@ class CSWinAttention(Compiled, torch.nn.Module):
         if L != R * C or E != self.dim:
             raise ValueError(f"CSWinAttention: x of shape {tuple(x.shape)}, expected [B, {R * C}, {self.dim}] "
                              f"(the {R} x {C} map's tokens, row-major)")
-        q, k, v = self.qkv(x).reshape(B, L, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = self.qkv(x).reshape(B, L, 3, E)
+        q, k, v = qkv.reshape(B, L, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         o = self._attend("map", q, k, v, {})                                # [B, heads, L, d]
         o = o.transpose(1, 2).reshape(B, R, C, E)
-        vmap = v.transpose(1, 2).reshape(B, R, C, E)
-        parts = vmap.chunk(len(self.attns), dim=-1)
+        parts = qkv[:, :, 2].reshape(B, R, C, E).chunk(len(self.attns), dim=-1)   # v's map, a view
         lepe = torch.cat([self._lepe(i, p) for i, p in enumerate(parts)], dim=-1)
         return self.proj_drop(self.proj((o + lepe).reshape(B, L, E)))
