@@ -293,6 +293,11 @@ def test_cli_errors_name_the_values_and_the_fix(tmp_path):
     env = dict(os.environ, ATTNCC_TUNE_DB=str(tmp_path / "records.json"))
     r = _cli("tune", "causal", "--shape", "1,2,3", env=env)
     assert r.returncode != 0 and "--shape must be B,H,N,M,d,dv or B,H,N,d (positive ints), got '1,2,3'" in r.stderr
+    r = _cli("tune", "causal", "--shape", "1,2,64,16", "--target", "sm_90", env=env)
+    assert r.returncode != 0 and "needs a CUDA GPU, and torch sees none" in r.stderr
+    assert "bench/gpu_run.sh tune" in r.stderr and not (tmp_path / "records.json").exists()
+    r = _cli("tune", "causal", "--target", "sm_80", "--rpc", "127.0.0.1:9190", env=env)
+    assert r.returncode != 0 and "not --target sm_80" in r.stderr and "without --rpc" in r.stderr
     r = _cli("tune", "no_such_pattern", env=env)
     assert r.returncode != 0 and "neither a Python file nor a catalogue entry" in r.stderr and "causal" in r.stderr
     r = _cli("db", "show", "zzz", env=env)

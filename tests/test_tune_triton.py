@@ -210,3 +210,28 @@ def test_oracle_judges_the_first_heads_of_each_group_past_its_score_budget(monke
     assert oracle.check(out)[0]
     assert not oracle.check(out + torch.tensor([1.0, 0, 0, 0]).view(1, 4, 1, 1))[0]     # head 0 is judged
     assert not oracle.check(out[:, :3])[0]                                             # a wrong shape fails
+
+
+def test_cli_tune_target_runs_the_gpu_search_and_records_for_that_arch(db, monkeypatch, capsys):
+    """`attncc tune --target sm_90` on a (pretend) sm_90 GPU: the GPU target, float16 by default,
+    the Triton knobs in the report and a record keyed by the GPU; each candidate is built by the
+    target's builder (here one that runs the oracle, on the CPU) and verified."""
+    from attncc.cli import main
+    from attncc.tune import cli
+    ref, built = ac.reference(CAUSAL), []
+
+    def builder(spec, dims, dtype, tensors, plans, target):
+        built.append((target, dtype, plans))
+        return (lambda q, k, v, t: ref(q, k, v)), 0.0
+
+    monkeypatch.setitem(search.BUILDERS, "sm_90", builder)
+    for mod in (search, cli):       # the GPU check passes; the inputs stay on the CPU
+        monkeypatch.setattr(mod, "need_gpu", lambda target: torch.device("cpu"))
+    assert main(["tune", "causal", "--shape", "1,2,64,16", "--target", "sm_90", "--trials", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "float16, target sm_90" in out and "num_warps=" in out and "2 of" in out
+    assert [b[:2] for b in built] == [("sm_90", "float16")] * 2
+    dims = Dims(1, 2, 64, 64, 16, 16)
+    hit = Database(db.path).lookup(workload_hash(CAUSAL, dims, "sm_90"), "sm_90", GPU, "float16",
+                                   (1, 2, 64, 64, 16, 16))
+    assert hit is not None and hit.record["target"] == "sm_90" and hit.plans in [b[2] for b in built]

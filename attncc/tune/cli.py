@@ -11,11 +11,12 @@ from ..dsl.spec import Attention
 from ..ir.plan import TilePlan
 from ..ir.program import Dims
 from . import db as tdb
-from .build import plan_label
-from .device import fingerprint
+from .build import GPU_TARGETS, need_gpu, plan_label
+from .device import fingerprint, gpu_fingerprint
 from .rpc import DEFAULT_KEY, RemoteError, RPCRunner, RPCUnavailable, parse_address
 
 DTYPES = ("float32", "float16", "bfloat16")
+TARGETS = ("tvm",) + GPU_TARGETS
 
 
 def parse_shape(text):
@@ -68,15 +69,24 @@ def cmd_tune(args):
             raise SystemExit(f"attncc tune: the spec reads tensors {list(spec.captured())}; define "
                              "tensors(dims, generator) -> dict in the file")
         tensors = make_tensors(dims, torch.Generator().manual_seed(0))
+    target, dtype = args.target, args.dtype or ("float16" if args.target in GPU_TARGETS else "float32")
     torch.set_num_threads(args.threads)
     runner = _rpc_runner(args)
+    if target in GPU_TARGETS:
+        if runner is not None:
+            raise SystemExit(f"attncc tune: --rpc measures the TVM CPU backend's kernels on remote CPUs, not "
+                             f"--target {target}; tune GPU plans on the GPU machine itself, without --rpc")
+        try:
+            need_gpu(target)
+        except (RuntimeError, ValueError) as e:
+            raise SystemExit(f"attncc tune: {e}") from None
     where = "this machine" if runner is None else f"RPC servers under key {runner.key!r} at {runner.host}:{runner.port}"
     try:
-        device = fingerprint("tvm") if runner is None else runner.fingerprint("tvm")
+        device = fingerprint(target) if runner is None else runner.fingerprint(target)
         print(f"attncc tune: {name} {spec!r}\n  shape B{dims.B} H{dims.H} N{dims.N} M{dims.M} d{dims.d} dv{dims.dv}, "
-              f"{args.dtype}, mode {args.mode}, measured on {where}, device {device}", flush=True)
-        res = tune(spec, dims, args.dtype, tensors, mode=args.mode, budget_s=args.budget, trials=args.trials,
-                   jobs=args.jobs, progress=True, retune=args.retune, rpc=runner)
+              f"{dtype}, target {target}, mode {args.mode}, measured on {where}, device {device}", flush=True)
+        res = tune(spec, dims, dtype, tensors, mode=args.mode, budget_s=args.budget, trials=args.trials,
+                   target=target, jobs=args.jobs, progress=True, retune=args.retune, rpc=runner)
     except KeyboardInterrupt:
         print("interrupted before the first candidate finished: nothing recorded", file=sys.stderr)
         return 130
@@ -84,19 +94,19 @@ def cmd_tune(args):
         raise SystemExit(f"attncc tune: {e}") from None
     if res.from_db:
         print(f"already tuned (use --retune to tune again): {res.seconds * 1e3:.3f} ms with "
-              f"{_plans(res.plans)} in {tdb.user_path()}")
+              f"{_plans(res.plans, target)} in {tdb.user_path()}")
         return 0
     bad = res.rejected
     print(f"{len(res.trials)} of {res.space} candidates measured ({res.pruned} pruned by the fast-memory model"
           f"{f', {len(bad)} rejected' if bad else ''}){'; interrupted: kept the best found' if res.interrupted else ''}")
     for t in bad:
-        print(f"  rejected {_plans(t.plans)}: {t.failure}")
+        print(f"  rejected {_plans(t.plans, target)}: {t.failure}")
     if runner is not None:
         servers = sorted({t.where for t in res.trials if t.where})
         print(f"measured on {len(servers)} RPC server(s): " + ", ".join(
             f"{s} ({sum(t.where == s for t in res.trials)})" for s in servers))
     print(f"default {res.default_seconds * 1e3:.3f} ms, best {res.seconds * 1e3:.3f} ms "
-          f"({res.speedup:.2f}x) with {_plans(res.plans)}\nrecorded in {tdb.user_path()}")
+          f"({res.speedup:.2f}x) with {_plans(res.plans, target)}\nrecorded in {tdb.user_path()}")
     return 0
 
 
@@ -113,8 +123,19 @@ def _rpc_runner(args):
     return RPCRunner(host, port, args.rpc_key or DEFAULT_KEY)
 
 
-def _plans(plans):
+def _plans(plans, target="tvm"):
+    if target in GPU_TARGETS:
+        return "; ".join(f"block_m={p.block_m} block_n={p.block_n} num_warps={p.num_warps} "
+                         f"num_stages={p.num_stages}" for p in plans)
     return "; ".join(f"block_m={p.block_m} block_n={p.block_n} unroll={p.unroll} vector={p.vector}" for p in plans)
+
+
+def _this_devices():
+    """The fingerprints of this machine's devices: its CPU, and its GPU when torch sees one."""
+    devs = {fingerprint("tvm")}
+    if torch.cuda.is_available():
+        devs.add(gpu_fingerprint(torch.cuda.current_device()))
+    return devs
 
 
 def _all_records():
@@ -132,15 +153,15 @@ def cmd_db(args):
 
 def db_list(args):
     rows = _all_records()
-    this = fingerprint("tvm")
-    print(f"user database: {tdb.user_path()}\nthis device: {this}")
+    this = _this_devices()
+    print(f"user database: {tdb.user_path()}\nthis device: {', '.join(sorted(this))}")
     if not rows:
         print("no records")
         return 0
     print("| # | source | spec | shape B,H,N,M,d,dv | dtype | device | plans | ms | default ms |")
     print("|" + "---|" * 9)
     for n, (src, r) in enumerate(rows):
-        dev = "this" if r["device"] == this else r["device"]
+        dev = "this" if r["device"] in this else r["device"]
         dflt = r.get("default_time_s")
         plans = plan_label([TilePlan(**p) for p in r["plans"]], r["target"]).replace(" | ", " / ")
         print(f"| {n} | {src} | {r.get('spec', r['workload'])[:60]} | {','.join(map(str, r['shape']))} | {r['dtype']} "
@@ -161,8 +182,8 @@ def db_show(args):
 
 
 def db_export(args):
-    this = fingerprint("tvm")
-    recs = [r for src, r in _all_records() if src == "user" and (args.all_devices or r["device"] == this)]
+    this = _this_devices()
+    recs = [r for src, r in _all_records() if src == "user" and (args.all_devices or r["device"] in this)]
     text = json.dumps({"format": tdb.FORMAT, "records": recs}, indent=1, sort_keys=True) + "\n"
     if args.output:
         Path(args.output).write_text(text)
@@ -183,11 +204,15 @@ def add_parsers(sub):
     p.add_argument("workload", help="a catalogue entry (attncc catalogue) or a Python file defining spec "
                                     "(and optionally dims, tensors(dims, generator))")
     p.add_argument("--shape", help="B,H,N,M,d,dv or B,H,N,d (default: the entry's or the file's dims)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--dtype", choices=DTYPES, help="default: float32 for --target tvm, float16 for a GPU target")
+    p.add_argument("--target", default="tvm", choices=TARGETS,
+                   help="tvm: the TVM CPU kernels, timed on this CPU; sm_80 / sm_90: the Triton plans of that "
+                        "GPU arch, timed on this machine's CUDA GPU, which must be of that arch (default: tvm)")
     p.add_argument("--mode", default="fast", choices=("fast", "full"))
     p.add_argument("--budget", type=float, help="seconds (default: 120 fast, 900 full)")
     p.add_argument("--trials", type=int, help="candidates to measure, the default plan included")
-    p.add_argument("--jobs", type=int, default=1, help="compile candidates in this many processes")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="compile candidates in this many processes (target tvm; GPU candidates compile in turn)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--spec-var", default="spec", help="the spec's variable name in a Python file")
     p.add_argument("--retune", action="store_true", help="tune even when the database has this workload")
