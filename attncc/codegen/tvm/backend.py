@@ -11,7 +11,7 @@ from .linear import generate_linear
 from .per_query import generate_per_query
 from ..tiles import RuntimeLayout, tile_tables
 from ..routes import route_of, routed_tables
-from .source import GroupShape, generate, group_shape
+from .source import GroupShape, generate, group_shape, softmax_lanes
 
 
 def routed_shape(prog, grp, route):
@@ -22,10 +22,11 @@ def routed_shape(prog, grp, route):
     bm = min(plan.block_m, n)
     nq = -(-n // bm)
     MR, VW = plan.unroll, (plan.vector if n >= 64 else 8)
+    SL = softmax_lanes(n)
     return GroupShape(B=d.B, H=d.H, N=d.N, M=d.M, D=d.d, DV=d.dv, HG=len(grp.heads), G=route.count, LQ=n,
                       LK=route.topk * n, BM=bm, BN=n, NQ=nq, NK=route.topk, KMAX=route.topk, AQ=bm, AK=n, NQA=nq,
-                      NKA=route.topk, MR=MR, VW=VW, BMP=-(-bm // MR) * MR, BNP=-(-n // max(VW, 8)) * max(VW, 8),
-                      DVP=-(-d.dv // 8) * 8)
+                      NKA=route.topk, MR=MR, VW=VW, BMP=-(-bm // MR) * MR, BNP=-(-n // max(VW, SL)) * max(VW, SL),
+                      DVP=-(-d.dv // 8) * 8, SL=SL)
 
 
 class Unsupported(NotImplementedError):
