@@ -6,7 +6,7 @@ the target's fast memory (FAST_MEMORY). The autotuner (later) only ever replaces
 """
 import numpy as np
 
-from ..ir.plan import FAST_MEMORY, TilePlan, fits
+from ..ir.plan import FAST_MEMORY, TilePlan, fits, softmax_lanes
 from ..ir.program import FULL, PARTIAL
 from .classify_blocks import atom
 
@@ -106,11 +106,8 @@ def default_plan(grp, dims, target, elem_bytes=4, linear=False):
             bn = LINEAR_WHOLE_KEYS
     plan = TilePlan(block_m=_tile(gat.Lq, bm), block_n=_tile(gat.Lk, bn), chunk=chunk)
     if "vector" in want:
-        # narrow key tiles (a 7x7 window) pad less with 8 lanes; rows unroll by 6 when that pads
-        # the query tile by at most 1% (208 -> 210: 11% faster than by 4; 64 -> 66: 3% slower)
-        mr = want["unroll"]
-        plan = plan.replace(vector=want["vector"] if plan.block_n >= 64 else 8,
-                            unroll=mr if -plan.block_m % mr <= plan.block_m // 100 else 4)
+        plan = plan.replace(vector=want["vector"] if softmax_lanes(plan.block_n) == 16 else 8,
+                            unroll=_unroll(plan.block_m, want["unroll"]))
     if "num_warps" in want:
         plan = plan.replace(num_warps=want["wide_warps"] if wide else want["num_warps"], num_stages=want["num_stages"])
     aq, ak = atom(gat.Lq), atom(gat.Lk)
@@ -128,6 +125,20 @@ def default_plan(grp, dims, target, elem_bytes=4, linear=False):
         if (grp.blocks.coarsen(plan.block_m, plan.block_n) == PARTIAL).any():
             plan = plan.replace(num_warps=want["partial_warps"])
     return plan
+
+
+def _unroll(bm, most=6):
+    """The CPU micro-kernel's unrolled query rows for a query tile of `bm`: `most` (6) when that pads
+    the tile by at most 1% (AVX2's 16 vector registers; on Zen3 208 -> 210 is 11% faster than
+    4 rows, 64 -> 66 3% slower) or 5% (AVX-512's 32: 64 -> 66 9% faster than 4 rows, 128 -> 130
+    7%), else 5 when that pads it by at most 2% (Swin's 49-token windows, 5 x 16 register tiles:
+    8.4 ms against 9.6 by 6 rows and 10.5 by 4 x 8; N=50: 0.71 ms against 0.76 and 1.10), else 4."""
+    from ..tune.device import cpu_flags
+    room = 0.05 if "avx512f" in cpu_flags() else 0.01
+    for mr, pad in ((most, room), (5, 0.02)):
+        if -bm % mr <= bm * pad:
+            return mr
+    return 4
 
 
 def plan(prog, plans=None):

@@ -26,6 +26,12 @@ def _cpuinfo():
 
 
 @functools.lru_cache(maxsize=None)
+def cpu_flags():
+    """This CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    return frozenset(_cpuinfo()[1])
+
+
+@functools.lru_cache(maxsize=None)
 def cpu_fingerprint():
     """'cpu:<model>:<isa flags>:<cores>c', e.g. 'cpu:AMD EPYC family 25 model 1:avx+avx2+fma:2c'
     (family 25 is Zen 3). The core count

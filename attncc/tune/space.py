@@ -19,9 +19,9 @@ from ..passes.plan import ELEM_BYTES
 # the knobs of the TVM CPU backend: query tile, key tile, unrolled rows, vector lanes
 TVM_SPACE = {
     "full": dict(block_m=(16, 32, 48, 64, 96, 128, 192, 256), block_n=(16, 32, 64, 128, 256, "whole"),
-                 unroll=(4, 6), vector=(8, 16)),
+                 unroll=(4, 5, 6), vector=(8, 16)),
     "fast": dict(block_m=("half", "default", "double"), block_n=("half", "default", "double", "whole"),
-                 unroll=(4, 6), vector=("default",)),
+                 unroll=(4, 5, 6), vector=("default",)),
 }
 # the knobs of the Triton GPU backend: query tile, key tile, warps, software-pipeline stages
 # ("less" / "more": the default's stages minus / plus one)

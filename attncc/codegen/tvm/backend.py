@@ -6,12 +6,13 @@ import numpy as np
 import torch
 
 from ...ir import symbols as S
+from ...ir.plan import softmax_lanes
 from .build import compile_source
 from .linear import generate_linear
 from .per_query import generate_per_query
 from ..tiles import RuntimeLayout, tile_tables
 from ..routes import route_of, routed_tables
-from .source import GroupShape, generate, group_shape, softmax_lanes
+from .source import GroupShape, generate, group_shape
 
 
 def routed_shape(prog, grp, route):

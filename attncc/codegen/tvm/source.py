@@ -15,6 +15,7 @@ back through the query index map into the unpartitioned [B, H, N, dv] layout.
 from dataclasses import dataclass
 
 from ...ir import symbols as S
+from ...ir.plan import softmax_lanes
 from ...ir.program import FULL
 from ..hoist import Hoister
 from .microkernel import mask, pv, qk, skips_atoms
@@ -24,18 +25,6 @@ from .printer import TIRPrinter
 
 def _up(x, m):
     return -(-x // m) * m
-
-
-def softmax_lanes(bn):
-    """The vector lanes of the softmax / sigmoid loops over a key tile of `bn` columns, which
-    is padded to a multiple of them (padding columns are masked): 16 (two independent 8-lane
-    exp chains on AVX2, one 512-bit or two 256-bit ones on AVX-512) unless that pads the tile
-    by more than 1/7 over 8 lanes. Measured on a 2-core Xeon (AVX-512), 16 lanes against 8:
-    ViT-B's attention (B8 H12 N197 d64) 8.41 -> 7.38 ms, N=50 (tile 64 against 56) 1.13 ->
-    0.95, Swin-T's windows 11.7 -> 10.5, N=4096 248 -> 207, BiFormer's 8x8-token regions 5.7
-    -> 4.8; its 2x2-token regions (tile 16 against 8) 8.2 -> 10.3, hence the padding rule;
-    32 lanes: slower again (7.74 ms at ViT-B)."""
-    return 16 if _up(bn, 16) * 7 <= _up(bn, 8) * 8 else 8
 
 
 @dataclass(frozen=True)
