@@ -1,5 +1,5 @@
 """The register-tiled pieces of the generated CPU kernels, shared by the softmax and linear
-kernels: QK^T into the score tile, the atom-wise mask of a PARTIAL tile, acc += s V with V rows
+kernels: K's key tile packed transposed, QK^T into the score tile, the atom-wise mask of a PARTIAL tile, acc += s V with V rows
 read in place through the key map, and the EMPTY-atom skipping of partial tiles; `gemm`, the
 register-tiled product of the linear-attention kernels."""
 from ...ir.program import EMPTY, PARTIAL
@@ -74,10 +74,22 @@ def _atom_class(sh, row, col):
             f"T.min(T.floordiv(kb * {sh.BN} + {col}, {sh.AK}), {sh.NKA - 1})]")
 
 
-def qk(w, sh, skip=(), epilogue=None, atoms=False, kslot="g, kb"):
+def pack_tile(w, sh, dst, ks):
+    """K's key tile `ks` (through the key map, padding keys zeroed) transposed into `dst`
+    (indexed by (dd, column))."""
+    w(f"for c in range({sh.BNP}):")
+    with w.block():
+        w(f"for j in range({sh.D}):")
+        with w.block():
+            w(f"{dst}j, c] = k[b, h, ktk[{ks}, c], j] * kokp[{ks}, c]")
+
+
+def qk(w, sh, skip=(), epilogue=None, atoms=False, kslot="g, kb", ktile=None):
     """S = Q K^T into s, register tile MR x VW; `epilogue` (a statement on the tile's cells)
     runs on the registers before they are stored. atoms: on PARTIAL tiles, register tiles in
-    EMPTY atoms are not computed (the mask fills them)."""
+    EMPTY atoms are not computed (the mask fills them). ktile: the packed [d, BNP] key tile's
+    buffer, indexed by (dd, column) (default: the tile's slot of the per-call pack kpk)."""
+    ktile = ktile or f"kpk[b, hh, {kslot}, "
     MR, VW = sh.MR, sh.VW
     # key-column blocks outer: a [d, VW] block of K stays in L1 across the row groups
     w(f"for cg in range({0 if 'qk' in skip else sh.BNP // VW}):")
@@ -91,7 +103,7 @@ def qk(w, sh, skip=(), epilogue=None, atoms=False, kslot="g, kb"):
             w(f"for dd in range({sh.D}):")
             with w.block():
                 tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = s[rg * {MR} + ri, cg * {VW} + ci] + "
-                                      f"qs[rg * {MR} + ri, dd] * kpk[b, hh, {kslot}, dd, cg * {VW} + ci]")
+                                      f"qs[rg * {MR} + ri, dd] * {ktile}dd, cg * {VW} + ci]")
             if epilogue:
                 tile_loop(w, MR, VW, epilogue)
             if atoms:

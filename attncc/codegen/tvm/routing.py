@@ -12,6 +12,7 @@ token map for V rows).
 """
 from ...dsl.patterns import ROUTE_IDX
 from ..routes import COL, REG
+from .microkernel import pack_tile
 from .printer import TIRPrinter
 
 
@@ -84,8 +85,4 @@ def prologue_and_pack(w, sh, route, heads):
         w(f"hh = task // {S2} % {sh.HG}")
         w(f"reg = task % {S2}")
         w("h = heads[hh]")
-        w(f"for c in range({sh.BNP}):")
-        with w.block():
-            w(f"for j in range({sh.D}):")
-            with w.block():
-                w("kpk[b, hh, reg, 0, j, c] = k[b, h, ktk[reg, 0, c], j] * kokp[reg, 0, c]")
+        pack_tile(w, sh, "kpk[b, hh, reg, 0, ", "reg, 0")

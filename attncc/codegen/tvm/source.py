@@ -18,7 +18,7 @@ from ...ir import symbols as S
 from ...ir.plan import softmax_lanes
 from ...ir.program import FULL
 from ..hoist import Hoister
-from .microkernel import mask, pv, qk, skips_atoms
+from .microkernel import mask, pack_tile, pv, qk, skips_atoms
 from .routing import prologue_and_pack, route_param
 from .printer import TIRPrinter
 
@@ -134,10 +134,13 @@ def generate(prog, grp, shape, tables, skip=(), stats=True, route=None):
             P.names[sym] = Pq.names[sym] = (f"{sym}[{idx}]", kind)
     pair_ok = P(res, "bool") if res is not None else "T.bool(True)"
     w = open_kernel(sh, tables, "the IR", [route_param(sh, route)] if route else [])
+    # one query tile per (batch, head, group) in one pass reads each key tile once: the task
+    # packs it into its own buffer, in cache, instead of a per-call pack through memory
+    inline = not route and sh.NQ == 1 and not two_pass
     if route:
         prologue_and_pack(w, sh, route, prog.dims.H)
     else:
-        _pack(w, sh, P, gat)
+        _pack(w, sh, P, gat, inline)
     items = sh.B * sh.HG * sh.G * sh.NQ
     chunk = _chunk(items)
     # a task runs `chunk` consecutive (batch, head, group, query tile) items, so its
@@ -148,7 +151,8 @@ def generate(prog, grp, shape, tables, skip=(), stats=True, route=None):
                               ("qok", (sh.BMP,), "int32"), ("s", (sh.BMP, sh.BNP), "float32"),
                               ("acc", (sh.BMP, sh.DVP), "float32"), ("mx", (sh.BMP,), "float32"),
                               ("sm", (sh.BMP,), "float32"), ("lanes", (sh.SL,), "float32"),
-                              ("lanes2", (sh.SL,), "float32")):
+                              ("lanes2", (sh.SL,), "float32"),
+                              *([("kpl", (sh.D, sh.BNP), "float32")] if inline else [])):
             w(f"{name} = T.alloc_buffer({shp}, \"{dt}\", scope=\"local\")")
         for buf, sym, _, kind in hoisted:
             n = sh.BMP if buf == "hrow" else sh.BNP
@@ -172,7 +176,7 @@ def generate(prog, grp, shape, tables, skip=(), stats=True, route=None):
             w("mx[r] = T.float32(NEG)")
             w("sm[r] = T.float32(0)")
         for pass_ in ((1, 2) if two_pass else (0,)):
-            _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, set(skip), stats, ks)
+            _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, set(skip), stats, ks, inline)
         # ---- epilogue: write through the query map
         w(f"for r in range({sh.BM}):")
         with w.block():
@@ -286,19 +290,18 @@ def key_tile_tasks(w, sh):
         w("h = heads[hh]")
 
 
-def _pack(w, sh, P, gat):
+def _pack(w, sh, P, gat, inline=False):
     """Once per call: the key map evaluated per key tile (tokens and validity), then K packed
     transposed per (batch, head, group, key tile), zero-padded, so every query tile reads a
-    contiguous [d, bn] tile (V rows are read in place through the key map)."""
+    contiguous [d, bn] tile (V rows are read in place through the key map). inline: the
+    tasks pack their key tiles themselves (pack_tile)."""
     key_tables(w, sh, P, gat)
+    if inline:
+        return
     w(f"kpk = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {sh.D}, {sh.BNP}), \"float32\")")
     key_tile_tasks(w, sh)
     with w.block():
-        w(f"for c in range({sh.BNP}):")
-        with w.block():
-            w(f"for j in range({sh.D}):")
-            with w.block():
-                w("kpk[b, hh, g, kb, j, c] = k[b, h, ktk[g, kb, c], j] * kokp[g, kb, c]")
+        pack_tile(w, sh, "kpk[b, hh, g, kb, ", "g, kb")
 
 
 def _post_chain(prog):
@@ -309,9 +312,10 @@ def _post_chain(prog):
     return chain
 
 
-def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, stats, ks):
+def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, stats, ks, inline=False):
     """One sweep over the task's key tiles. pass_ 0: the only pass; 1: statistics only;
-    2: weights from the final statistics, post modifiers, PV."""
+    2: weights from the final statistics, post modifiers, PV. inline: each key tile is packed
+    here, into the task's kpl."""
     norm, L = prog.norm, sh.SL
 
     def weight(wexpr, col):
@@ -327,6 +331,10 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
         w(f"cls = tcls[{sh.tg}, qi, kk]")
         if ks != "g, kb":
             w("rsel = route_idx[b, g, kb]")
+        ktile = None
+        if inline:
+            pack_tile(w, sh, "kpl[", ks)
+            ktile = "kpl["
         cols = [(sym, text) for buf, sym, text, _ in hoisted if buf == "hcol"]
         if cols:
             w(f"for c in range({sh.BNP}):")
@@ -342,12 +350,12 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
             w(f"if cls == {FULL}:")
             with w.block():
                 cell = f"s[rg * {sh.MR} + ri, cg * {sh.VW} + ci]"
-                qk(w, sh, skip, kslot=ks,
+                qk(w, sh, skip, kslot=ks, ktile=ktile,
                    epilogue=f"{cell} = T.Select(cg * {sh.VW} + ci < T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), "
                             f"{_sigmoid(norm, cell)}, T.float32(0))")
             w("else:")
             w.depth += 1
-        qk(w, sh, skip, atoms=atoms, kslot=ks)
+        qk(w, sh, skip, atoms=atoms, kslot=ks, ktile=ktile)
         # score modifiers, then the mask (partial tiles evaluate the residual)
         if prog.score != S.score:
             w(f"for r in range({sh.BMP}):")
