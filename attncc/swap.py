@@ -2,11 +2,13 @@
 drop-in, copying the weights, and report what was replaced with which spec."""
 from __future__ import annotations
 
+import functools
 import types
 import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import nn as acnn
 
@@ -55,6 +57,29 @@ def _swap_timm_swin(parent, child_name, child, name, backend, done):
     done.append(Swapped(name, was, spec))
 
 
+def _inplace_activation(act):
+    """The in-place form of a Transformer layer's activation (relu, gelu exact or tanh), else None."""
+    if act is F.relu or isinstance(act, torch.nn.ReLU):
+        return torch.relu_
+    if act is F.gelu or isinstance(act, torch.nn.GELU):
+        return functools.partial(torch.ops.aten.gelu_, approximate=getattr(act, "approximate", "none"))
+    return None
+
+
+def _ff_block(self, x):
+    """nn.TransformerEncoderLayer / TransformerDecoderLayer._ff_block once swapped: when autograd
+    does not track the hidden layer, its activation runs in place on linear1's output, as in
+    torch's fused fast path, which the swapped attention leaves (one [tokens, dim_feedforward]
+    tensor fewer per call); otherwise torch's own _ff_block."""
+    act = _inplace_activation(self.activation)
+    y = self.linear1(x)
+    if act is None or y.requires_grad:
+        y = self.activation(y)
+    else:
+        act(y)
+    return getattr(self, "dropout3", self.dropout2)(self.linear2(self.dropout(y)))
+
+
 def _swap_natten(parent, child_name, child, name, backend, done):
     from attncc.ops.neighborhood import NeighborhoodAttention2D
     why = NeighborhoodAttention2D.unsupported(child)
@@ -72,7 +97,9 @@ def swap(model, spec=None, backend="auto"):
     with the same weights, on `backend`, and return a SwapReport:
 
     - torch.nn.MultiheadAttention (also inside nn.TransformerEncoder / TransformerDecoder) by
-      ac.nn.MultiheadAttention running `spec` (default: full softmax);
+      ac.nn.MultiheadAttention running `spec` (default: full softmax); the layers holding one
+      leave torch's fused fast path, so their feed-forward runs its activation in place when
+      autograd does not track it, as that path does;
     - timm's Swin WindowAttention by attncc.ops.window.WindowAttention; inside a timm
       SwinTransformerBlock the block's roll, padding, window partition and shifted-window mask
       become the window2d pattern (with the relative position bias) read on the unpartitioned
@@ -88,6 +115,8 @@ def swap(model, spec=None, backend="auto"):
             if type(child) is torch.nn.MultiheadAttention:
                 new = acnn.MultiheadAttention.from_torch(child, spec=spec, backend=backend)
                 setattr(parent, child_name, new)
+                if isinstance(parent, (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)):
+                    parent._ff_block = types.MethodType(_ff_block, parent)
                 done.append(Swapped(f"{name}.{child_name}".lstrip("."), "torch.nn.MultiheadAttention", new.spec))
             elif _is_from(child, "WindowAttention", "timm"):
                 _swap_timm_swin(parent, child_name, child, f"{name}.{child_name}".lstrip("."), backend, done)

@@ -179,6 +179,36 @@ def test_swap_transformer_encoder_runs_attncc_and_keeps_outputs(train, kernel_ca
     torch.testing.assert_close(after[keep], before[keep], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu", torch.nn.GELU(approximate="tanh"), torch.nn.SiLU()],
+                         ids=["relu", "gelu", "gelu_tanh", "silu"])
+def test_swapped_encoder_layer_feed_forward_in_place_without_autograd(activation):
+    """Without autograd, the swapped layer's activation runs in place on linear1's output (as
+    torch's fused fast path); an activation with no in-place form, or autograd, keeps torch's."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation=activation, batch_first=True).eval()
+    x = torch.randn(2, 6, 32)
+    torch.backends.mha.set_fastpath_enabled(False)      # torch's Python path: the layer as declared
+    try:
+        with torch.no_grad():
+            want = layer(x)
+        want_grad = torch.autograd.grad(layer(x).square().sum(), list(layer.parameters()))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    ac.swap(layer, backend="reference")
+    ptrs = {}
+    layer.linear1.register_forward_hook(lambda m, a, out: ptrs.update(hidden=out.data_ptr()))
+    layer.linear2.register_forward_pre_hook(lambda m, a: ptrs.update(act=a[0].data_ptr()))
+    with torch.no_grad():
+        got = layer(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (ptrs["act"] == ptrs["hidden"]) == (not isinstance(activation, torch.nn.SiLU))
+    ptrs.clear()
+    got_grad = torch.autograd.grad(layer(x).square().sum(), list(layer.parameters()))
+    assert ptrs["act"] != ptrs["hidden"], "in place under autograd"
+    for a, b in zip(got_grad, want_grad):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_swap_transformer_decoder_and_gradients():
     torch.manual_seed(0)
     model = torch.nn.TransformerDecoder(torch.nn.TransformerDecoderLayer(32, 4, 64, dropout=0.0), 1)
@@ -190,6 +220,8 @@ def test_swap_transformer_decoder_and_gradients():
     assert len(report) == 2
     out = model(tgt, mem, tgt_mask=mask, tgt_is_causal=True)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():                           # the feed-forward's activation in place
+        torch.testing.assert_close(model(tgt, mem, tgt_mask=mask, tgt_is_causal=True), ref, rtol=1e-4, atol=1e-5)
     for a, b in zip(torch.autograd.grad(out.sum(), list(model.parameters())), g_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
