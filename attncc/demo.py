@@ -83,27 +83,32 @@ def open_clip_vit_b_32():
 MODELS = {"vit": vit_b_encoder, "swin": swin_tiny, "open_clip": open_clip_vit_b_32}
 
 
-def timeit(fn, min_time=0.2, max_reps=50):
-    """Median seconds of repeated calls (one warm-up), at least `min_time` seconds of them."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = time.perf_counter() - t0
+def timeit(fn, min_time=0.2, max_reps=50, warm=True):
+    """Median seconds of repeated calls (after one warm-up call when `warm`), at least
+    `min_time` seconds of them (at least one call)."""
+    if warm:
+        fn()
     ts = []
-    for _ in range(max(1, min(max_reps, int(min_time / max(one, 1e-6))))):
+    while not ts or (sum(ts) < min_time and len(ts) < max_reps):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
 
-def interleaved(calls, rounds, min_time=0.2):
-    """{name: median over `rounds` interleaved rounds of timeit(fn)} for {name: fn}."""
+def interleaved(calls, rounds, min_time=0.2, per_round=False):
+    """{name: median over `rounds` interleaved rounds of timeit(fn)} for {name: fn}
+    (per_round: {name: [the time of each round]}). Each fn is warmed up once; the rounds run
+    the calls in alternating order (forward, then backward), so a drift of the machine's speed
+    weighs on every call alike."""
+    for fn in calls.values():
+        fn()
     res = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            res[name].append(timeit(fn, min_time))
-    return {name: statistics.median(v) for name, v in res.items()}
+    order = list(calls.items())
+    for r in range(rounds):
+        for name, fn in (order if r % 2 == 0 else order[::-1]):
+            res[name].append(timeit(fn, min_time, warm=False))
+    return res if per_round else {name: statistics.median(v) for name, v in res.items()}
 
 
 def bar(k, n, label, stream=sys.stderr, width=24):
@@ -161,10 +166,13 @@ class Comparison:
     after: float
     swapped: object = None  # the swapped copy of the model
     others: dict = None     # end-to-end seconds of the `extra` variants, timed with before and after
+    ratios: list = None     # before / after of each end-to-end round (the two timed side by side)
 
     @property
     def speedup(self):
-        return self.before / self.after
+        """The median of the rounds' before / after ratios: each round's pair ran back to back,
+        so a slow spell of the shared machine weighs on both sides of a ratio."""
+        return statistics.median(self.ratios) if self.ratios else self.before / self.after
 
     def table(self):
         rows = ["| layer | before ms | after ms | speedup |", "|---|---|---|---|"]
@@ -203,7 +211,8 @@ def compare(model, batch=8, rounds=3, backend="auto", layer_rounds=None, stream=
         calls = {"before": lambda: orig(x), "after": lambda: new(x)}
         others = extra(new) if extra else {}
         calls.update({name: (lambda m=m: m(x)) for name, m in others.items()})
-        t = interleaved(calls, rounds, 0.5)
+        t = interleaved(calls, rounds, 0.5, per_round=True)
         bar(1, 1, "timing end to end", stream)
-    return Comparison(model.name, report, diff, equal, layers, t["before"], t["after"], new,
-                      {name: t[name] for name in others})
+    med = {name: statistics.median(v) for name, v in t.items()}
+    return Comparison(model.name, report, diff, equal, layers, med["before"], med["after"], new,
+                      {name: med[name] for name in others}, [b / a for b, a in zip(t["before"], t["after"])])
