@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..ir import symbols as S
 from . import patterns as P
+from .algebra import subpatterns
 from .modifiers import PostMod, ScoreMod
 from .normalizers import Linear, Normalizer, Softmax
 
@@ -77,7 +78,7 @@ class Attention:
             pat.preds()                           # raises on invalid compositions
         if isinstance(self.normalizer, Linear):
             bad = [p for p in self.pattern.leaves() if not isinstance(p, (P.Full, P.Causal, P.Window2d))]
-            if bad or any(isinstance(p, (P.Or, P.PerHead)) for p in [self.pattern, *P._subpatterns(self.pattern)]):
+            if bad or any(isinstance(p, (P.Or, P.PerHead)) for p in [self.pattern, *subpatterns(self.pattern)]):
                 raise ValueError(f"linear attention composes only with full, causal and window2d (joined by &), "
                                  f"got {self.pattern!r}: its state sums over the keys a pattern selects, which "
                                  "only those patterns keep cheap; use softmax or sigmoid for other patterns")
