@@ -115,6 +115,21 @@ def test_tune_rejects_a_wrong_candidate_and_records_the_winner(db):
     assert again.from_db and again.plans == res.plans
 
 
+def test_final_rounds_are_judged_by_paired_ratios():
+    """A slow spell of the machine in the rounds where only the default was slow (the medians
+    say the candidate is 33% faster) does not make the candidate win; the rounds' ratios do."""
+    from attncc.tune.runner import alternate
+    from attncc.tune.search import pick
+    spell = {"default": [1.0, 1.0, 1.5, 1.5, 1.5], "cand": [1.0, 1.0, 1.0, 1.5, 1.5]}
+    assert pick(spell, "default") == "default"
+    faster = {"default": [1.0, 1.5, 1.0, 1.2, 1.0], "cand": [0.9, 1.4, 0.95, 1.1, 0.96], "other": [1.0] * 5}
+    assert pick(faster, "default") == "cand"
+    near = {"default": [1.0] * 5, "cand": [0.98] * 5}           # 2% is within the margin: the default stays
+    assert pick(near, "default") == "default"
+    assert pick({"cand": [2.0, 1.0, 1.0], "other": [1.5, 1.5, 1.5]}, "default") == "cand"   # no default rounds
+    assert alternate("abc", 0) == list("abc") and alternate("abc", 1) == list("cba")
+
+
 def test_compile_tune_true_tunes_once_then_reads_the_database(db, monkeypatch):
     spec = ac.Attention(ac.sliding_window(16))
     q, k, v = (torch.randn(1, 1, 48, 16) for _ in range(3))

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .device import cpu_fingerprint
+from .runner import alternate
 
 DEFAULT_PORT = 9190
 DEFAULT_KEY = "attncc"
@@ -311,8 +312,8 @@ class RPCRunner:
 
         def work(sess, where):
             loaded = {c: self._load(sess, j)[:2] for c, j in jobs.items()}
-            for _ in range(rounds):
-                for c, (dev, calls) in loaded.items():
+            for r in range(rounds):
+                for c, (dev, calls) in alternate(loaded.items(), r):
                     final[c].append(self._time(dev, calls, 4 * bench.min_time))
         failure = self.on_server(work)
         if failure:

@@ -95,12 +95,20 @@ class LocalRunner:
         return fut
 
     def rounds(self, final, fns, bench, rounds):
-        """Interleaved rounds: append each round's time of every candidate of `final` to its list."""
-        for _ in range(rounds):
-            for cand, times in final.items():
+        """Interleaved rounds: append each round's time of every candidate of `final` to its
+        list (the candidates' order reversed every other round)."""
+        for r in range(rounds):
+            for cand, times in alternate(final.items(), r):
                 if cand in fns:
                     fn = fns[cand]
                     times.append(bench.time(lambda: fn(bench.q, bench.k, bench.v, bench.tensors), 4))
+
+
+def alternate(items, r):
+    """`items` in order on even rounds `r`, reversed on odd ones (so a drift of the machine's
+    speed within a round weighs on every candidate alike)."""
+    items = list(items)
+    return items if r % 2 == 0 else items[::-1]
 
 
 def make_runner(rpc):

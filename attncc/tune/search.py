@@ -11,9 +11,11 @@ CPU.
 
 Timing: one warm-up call, then the median of repeated calls (at least `min_time` seconds of
 them; on a GPU, triton.testing.do_bench: CUDA events, synchronized); the default and the best
-few are timed again in interleaved rounds at the end (4 x min_time per round) and the winner
-is the lowest median of the round medians, provided it beats the default's by MARGIN (3%);
-otherwise the default plans stay. A candidate whose output misses the oracle's bound never wins.
+few are timed again in interleaved rounds at the end (4 x min_time per round, the order of the
+candidates reversed every other round) and the winner is the finalist whose rounds' paired
+ratios (the default's time over its own, round by round) have the highest median, provided
+that median shows it MARGIN (3%) faster; otherwise the default plans stay. Pairing the rounds
+keeps a slow spell of a shared machine from deciding. A candidate whose output misses the oracle's bound never wins.
 Ctrl-C stops the search and keeps (and records) the best plan found so far.
 
 Where candidates run is the runner's business: LocalRunner (this process, the default) or
@@ -306,10 +308,8 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
     medians = {c: statistics.median(ts) for c, ts in final.items() if ts}
     first = {t.plans: t.seconds for t in done if t.ok}
     if medians and all(c in medians for c in final if c in fns):
-        win = min(medians, key=medians.get)
+        win = pick({c: ts for c, ts in final.items() if ts}, default)
         default_s = medians.get(default, first.get(default, math.nan))
-        if default in medians and medians[win] > (1 - MARGIN) * medians[default]:
-            win = default
         win_s = medians[win]
     else:
         win, win_s = best.plans, best.seconds
@@ -323,6 +323,18 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
                                  measured_on=runner.name)
         db.add(res.record)
     return res
+
+
+def pick(rounds, default):
+    """The winner of the final rounds ({candidate: its time in each round}): the candidate whose
+    rounds' paired ratios (the default's time over its own) have the highest median, if that
+    median shows it MARGIN faster; otherwise the default (without the default's rounds: the
+    lowest median)."""
+    if default not in rounds:
+        return min(rounds, key=lambda c: statistics.median(rounds[c]))
+    gain = {c: statistics.median(d / t for d, t in zip(rounds[default], ts)) for c, ts in rounds.items()}
+    win = max(gain, key=gain.get)
+    return win if gain[win] >= 1 / (1 - MARGIN) else default
 
 
 class _Budget(Exception):
