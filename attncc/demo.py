@@ -103,10 +103,10 @@ def interleaved(calls, rounds, min_time=0.2, per_round=False):
     weighs on every call alike."""
     for fn in calls.values():
         fn()
+    from .tune.runner import alternate
     res = {name: [] for name in calls}
-    order = list(calls.items())
     for r in range(rounds):
-        for name, fn in (order if r % 2 == 0 else order[::-1]):
+        for name, fn in alternate(calls.items(), r):
             res[name].append(timeit(fn, min_time, warm=False))
     return res if per_round else {name: statistics.median(v) for name, v in res.items()}
 

@@ -33,6 +33,7 @@ from attncc.passes.pipeline import lower
 from attncc.tune import Database, tune, workload_hash
 from attncc.tune import db as tdb
 from attncc.tune.device import cpu_fingerprint
+from attncc.tune.runner import alternate
 from attncc.tune.search import make_inputs, need_gpu, plan_label, time_call
 
 OUT = Path(__file__).parent / "out"
@@ -106,17 +107,18 @@ def label(plans):
 
 
 def compare(spec, dims, tensors, plan_sets, rounds):
-    """Median seconds per plan set, timed in interleaved rounds."""
+    """Per plan set, its time in each of `rounds` interleaved rounds (the order reversed every
+    other round)."""
     q, k, v = make_inputs(dims, torch.float32)
     fns = []
     for plans in plan_sets:
         comp = TVMProgram(lower(spec, dims, "float32", "tvm", plans=plans).program, tensors)
         fns.append(lambda comp=comp: comp(q, k, v, tensors))
     times = [[] for _ in fns]
-    for _ in range(rounds):
-        for t, fn in zip(times, fns):
+    for r in range(rounds):
+        for t, fn in alternate(list(zip(times, fns)), r):
             t.append(time_call(fn, 0.2))
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def bench_lookup(n_records=1000, n=20000):
@@ -266,19 +268,22 @@ def main(argv=None):
         res = tune(spec, dims, "float32", tensors, mode=args.mode, budget_s=args.budget, progress=True,
                    retune=args.retune)
         default = tuple(g.plan for g in lower(spec, dims, "float32", "tvm").program.groups)
-        t_def, t_tuned = compare(spec, dims, tensors, [default, res.plans], args.rounds) \
-            if res.plans != default else [None, None]
-        if t_def is None:
-            t_def = t_tuned = compare(spec, dims, tensors, [default], args.rounds)[0]
+        if res.plans != default:
+            r_def, r_tuned = compare(spec, dims, tensors, [default, res.plans], args.rounds)
+        else:
+            r_def = r_tuned = compare(spec, dims, tensors, [default], args.rounds)[0]
+        t_def, t_tuned = statistics.median(r_def), statistics.median(r_tuned)
+        speedup = statistics.median(d / t for d, t in zip(r_def, r_tuned))     # the rounds' paired ratios
         rows.append(dict(name=name, shape=desc, default=label(default), tuned=label(res.plans),
-                         default_ms=t_def * 1e3, tuned_ms=t_tuned * 1e3, speedup=t_def / t_tuned,
+                         default_ms=t_def * 1e3, tuned_ms=t_tuned * 1e3, speedup=speedup,
                          trials=len(res.trials) if not res.from_db else res.record.get("trials"),
                          from_db=res.from_db))
         records.append(res.record)
         print(f"   default {label(default)} {t_def * 1e3:.2f} ms, tuned {label(res.plans)} {t_tuned * 1e3:.2f} ms "
-              f"({t_def / t_tuned:.2f}x)", file=sys.stderr, flush=True)
+              f"({speedup:.2f}x)", file=sys.stderr, flush=True)
     lines = [f"Tuned ({args.mode}) against default plans, fp32, 2 threads, {cpu_fingerprint()}; medians of "
-             f"{args.rounds} interleaved rounds (shared machine: noisy)", "",
+             f"{args.rounds} interleaved rounds, speedup: the median of the rounds' paired ratios (shared machine: "
+             "noisy)", "",
              "| shape | default plan | tuned plan | default ms | tuned ms | speedup | trials |", "|" + "---|" * 7]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['default']} | {r['tuned']} | {r['default_ms']:.2f} | {r['tuned_ms']:.2f} "

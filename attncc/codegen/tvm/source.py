@@ -292,9 +292,9 @@ def key_tile_tasks(w, sh):
 
 def _pack(w, sh, P, gat, inline=False):
     """Once per call: the key map evaluated per key tile (tokens and validity), then K packed
-    transposed per (batch, head, group, key tile), zero-padded, so every query tile reads a
+    transposed per (batch, head, group, key tile) (pack_tile), so every query tile reads a
     contiguous [d, bn] tile (V rows are read in place through the key map). inline: the
-    tasks pack their key tiles themselves (pack_tile)."""
+    tasks pack their key tiles themselves."""
     key_tables(w, sh, P, gat)
     if inline:
         return
