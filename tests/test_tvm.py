@@ -172,6 +172,24 @@ def test_tvm_sigmoid_weights_of_full_tiles_come_out_of_the_register_tile(dims):
     assert "if cls == 2:" in src and "T.Select(cg * " in src
 
 
+@pytest.mark.parametrize("shift", [0, 2])
+def test_tvm_window_bias_is_one_table_per_call_and_token_tables_are_not(shift):
+    """Swin's relative position bias reads the same entry in every window: the kernel reads a
+    per-call [heads, tile] table of it (hpair) instead of gathering per window; a bias
+    indexed by tokens differs between windows and stays a per-pair read."""
+    grid, win = (12, 8), (4, 4)
+    dims = Dims(2, 3, 96, 96, 16, 16)
+    rpb = ac.Attention(ac.window2d(grid, win, (shift, shift)), score_mods=ac.rel_pos_bias("rpb", win))
+    tok = ac.Attention(ac.window2d(grid, win, (shift, shift)),
+                       score_mods=ac.score_mod(lambda s, b, h, q, k, bias: s + bias[h, q, k]))
+    for spec, tensors, tiled in ((rpb, {"rpb": torch.randn(49, 3)}, True), (tok, {"bias": torch.randn(3, 96, 96)}, False)):
+        q, k, v = make_inputs(dims)
+        check_against_oracle(spec, q, k, v, tensors, backend="tvm")
+        comp = ac.compile(spec, backend="tvm").compiled(dims, "float32", layouts(spec, tensors, dims))
+        src = "".join(c.source for c, _ in comp.kernels(True))
+        assert ("hpair0[hh, r, c] = " in src) == tiled
+
+
 @pytest.mark.parametrize("d, dv", [(16, 16), (32, 48), (64, 64), (96, 20), (128, 128), (256, 256), (256, 40)],
                          ids=lambda x: str(x))
 @pytest.mark.parametrize("spec", [ac.Attention(ac.sliding_window(24)),

@@ -3,7 +3,11 @@ the query (the row) or only on the key (the column) are computed once per row or
 column instead of once per pair. For Swin's relative position bias, the table index
 (ri - rj + wr - 1) * (2 wc - 1) + (ci - cj + wc - 1) becomes row[r] + col[c]; for the
 shifted-window mask, each side's region becomes a per-row and a per-column value."""
+import numpy as np
 import sympy
+
+from ..ir import symbols as S
+from ..ir.evaluate import evaluate
 
 
 def _deps(e, row, col):
@@ -18,12 +22,16 @@ def _trivial(e):
 
 
 class Hoister:
-    """Collects hoisted subexpressions across several expressions (shared by name)."""
+    """Collects hoisted subexpressions across several expressions (shared by name). `pair`
+    (optional): a predicate on table reads that depend on both the row and the column; those
+    it accepts are hoisted whole into `pairs` (the backend computes them once per call, e.g.
+    a relative position bias that is the same in every window)."""
 
-    def __init__(self, row, col, blocked=()):
+    def __init__(self, row, col, blocked=(), pair=None):
         self.row, self.col = set(row), set(col)
         self.blocked = set(blocked)          # symbols that pin a node to the pair (score, weight)
-        self.rows, self.cols = {}, {}        # expr -> symbol
+        self.pair, self._pair_ok = pair, {}
+        self.rows, self.cols, self.pairs = {}, {}, {}        # expr -> symbol
 
     def _name(self, table, prefix, e):
         if e not in table:
@@ -34,6 +42,8 @@ class Hoister:
 
     def __call__(self, e):
         e = sympy.sympify(e)
+        if self._whole_pair(e):
+            return self._name(self.pairs, "hpair", e)
         if e.free_symbols & self.blocked or _trivial(e):
             return self._args(e)
         r, c = _deps(e, self.row, self.col)
@@ -61,6 +71,13 @@ class Hoister:
                 return e.func(*parts)
         return self._args(e)
 
+    def _whole_pair(self, e):
+        if self.pair is None or not isinstance(e, sympy.Indexed) or e.free_symbols & self.blocked:
+            return False
+        if e not in self._pair_ok:
+            self._pair_ok[e] = all(_deps(e, self.row, self.col)) and self.pair(e)
+        return self._pair_ok[e]
+
     def _args(self, e):
         if not e.args:
             return e
@@ -69,3 +86,29 @@ class Hoister:
         new = [self(a) for a in e.args]
         with sympy.evaluate(False):
             return e.func(*new)
+
+
+def group_invariant(e, gat, heads, max_cells=1 << 22):
+    """Whether the table read `e`, whose indices depend on the query and key tokens (and the
+    head) only, reads the same entry for (group g, local query t, local key u) as for (group
+    0, t, u), for every group and head: then one [heads, Lq, Lk] tile of it serves every
+    group and batch. Decided by evaluating the indices through the gather's maps (groups
+    `max_cells` cells at a time)."""
+    idx_syms = set().union(*(ix.free_symbols for ix in e.indices))
+    if gat.per_query or not idx_syms <= {S.i, S.j, S.h} or any(ix.atoms(sympy.Indexed) for ix in e.indices):
+        return False
+    t, u = np.arange(gat.Lq)[None, :, None], np.arange(gat.Lk)[None, None, :]
+    step = max(1, max_cells // (gat.Lq * gat.Lk))
+    first = {}
+    for g0 in range(0, gat.G, step):
+        g = np.arange(g0, min(gat.G, g0 + step))[:, None, None]
+        env = {S.g: g, S.t: t, S.u: u}
+        i, j = evaluate(gat.q_token, env), evaluate(gat.k_token, env)
+        for h in heads:
+            for ix in e.indices:
+                v = np.broadcast_to(evaluate(ix, {S.i: i, S.j: j, S.h: h}), (len(g), gat.Lq, gat.Lk))
+                ref = first.setdefault((h, ix), v[:1])
+                if not (v == ref).all():
+                    return False
+    return True
+

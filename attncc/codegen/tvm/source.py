@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ...ir import symbols as S
 from ...ir.plan import softmax_lanes
 from ...ir.program import FULL
-from ..hoist import Hoister
+from ..hoist import Hoister, group_invariant
 from .microkernel import mask, pack_tile, pv, qk, skips_atoms
 from .routing import prologue_and_pack, route_param
 from .printer import TIRPrinter
@@ -117,8 +117,13 @@ def generate(prog, grp, shape, tables, skip=(), stats=True, route=None):
     Pq = TIRPrinter({**P.names, S.i: ("qtok[r]", "int"), S.j: (f"ktk[{ks}, c]", "int"), S.score: ("s[r, c]", "float"),
                      S.weight: ("s[r, c]", "float")}, P.tables)
     two_pass = norm.kind == "softmax" and bool(prog.post)
-    # per-pair expressions with their row-only and column-only parts hoisted out
-    hoist = Hoister(row={S.i, S.t}, col={S.j, S.u}, blocked={S.score, S.weight})
+    # per-pair expressions with their row-only and column-only parts hoisted out; with one
+    # query and one key tile per group, a float table read that is the same in every group
+    # (Swin's relative position bias) becomes a per-call [heads, BMP, BNP] tile
+    one_tile = not route and sh.NQ == 1 and sh.NK == 1
+    pair = (lambda e: tables.get(str(e.base), (0, ""))[1] == "float" and group_invariant(e, gat, grp.heads)) \
+        if one_tile else None
+    hoist = Hoister(row={S.i, S.t}, col={S.j, S.u}, blocked={S.score, S.weight}, pair=pair)
     score = hoist(prog.score)
     post = hoist(_post_chain(prog))
     res = hoist(grp.residual) if grp.residual is not None else None
@@ -132,6 +137,8 @@ def generate(prog, grp, shape, tables, skip=(), stats=True, route=None):
             kind = "int" if kind == "bool" else kind
             hoisted.append((buf, sym, TIRPrinter.cast(text, pr.p(e)[1], kind), kind))
             P.names[sym] = Pq.names[sym] = (f"{sym}[{idx}]", kind)
+    for sym in hoist.pairs.values():
+        P.names[sym] = Pq.names[sym] = (f"{sym}[hh, r, c]", "float")
     pair_ok = P(res, "bool") if res is not None else "T.bool(True)"
     w = open_kernel(sh, tables, "the IR", [route_param(sh, route)] if route else [])
     # one query tile per (batch, head, group) in one pass reads each key tile once: the task
@@ -141,6 +148,7 @@ def generate(prog, grp, shape, tables, skip=(), stats=True, route=None):
         prologue_and_pack(w, sh, route, prog.dims.H)
     else:
         _pack(w, sh, P, gat, inline)
+    _pair_tiles(w, sh, P, gat, hoist.pairs)
     items = sh.B * sh.HG * sh.G * sh.NQ
     chunk = _chunk(items)
     # a task runs `chunk` consecutive (batch, head, group, query tile) items, so its
@@ -302,6 +310,23 @@ def _pack(w, sh, P, gat, inline=False):
     key_tile_tasks(w, sh)
     with w.block():
         pack_tile(w, sh, "kpk[b, hh, g, kb, ", "g, kb")
+
+
+def _pair_tiles(w, sh, P, gat, pairs):
+    """Once per call: each group-invariant table read of the score (Hoister.pairs) evaluated
+    on group 0's tokens into a [heads of the group, BMP, BNP] tile."""
+    q0, k0 = gat.q_token.subs(S.g, 0), gat.k_token.subs(S.g, 0)
+    pr = TIRPrinter({**P.names, S.t: ("r", "int"), S.u: ("c", "int")}, P.tables)
+    for e, sym in pairs.items():
+        w(f"{sym} = T.alloc_buffer(({sh.HG}, {sh.BMP}, {sh.BNP}), \"float32\")")
+        w(f"for hh in T.parallel({sh.HG}):")
+        with w.block():
+            w("h = heads[hh]")
+            w(f"for r in range({sh.BMP}):")
+            with w.block():
+                w(f"for c in range({sh.BNP}):")
+                with w.block():
+                    w(f"{sym}[hh, r, c] = {pr(e.subs({S.i: q0, S.j: k0}), 'float')}")
 
 
 def _post_chain(prog):
