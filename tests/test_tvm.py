@@ -182,7 +182,8 @@ def test_tvm_window_bias_is_one_table_per_call_and_token_tables_are_not(shift):
     rpb = ac.Attention(ac.window2d(grid, win, (shift, shift)), score_mods=ac.rel_pos_bias("rpb", win))
     tok = ac.Attention(ac.window2d(grid, win, (shift, shift)),
                        score_mods=ac.score_mod(lambda s, b, h, q, k, bias: s + bias[h, q, k]))
-    for spec, tensors, tiled in ((rpb, {"rpb": torch.randn(49, 3)}, True), (tok, {"bias": torch.randn(3, 96, 96)}, False)):
+    cases = ((rpb, {"rpb": torch.randn(49, 3)}, True), (tok, {"bias": torch.randn(3, 96, 96)}, False))
+    for spec, tensors, tiled in cases:
         q, k, v = make_inputs(dims)
         check_against_oracle(spec, q, k, v, tensors, backend="tvm")
         comp = ac.compile(spec, backend="tvm").compiled(dims, "float32", layouts(spec, tensors, dims))

@@ -15,7 +15,8 @@ few are timed again in interleaved rounds at the end (4 x min_time per round, th
 candidates reversed every other round) and the winner is the finalist whose rounds' paired
 ratios (the default's time over its own, round by round) have the highest median, provided
 that median shows it MARGIN (3%) faster; otherwise the default plans stay. Pairing the rounds
-keeps a slow spell of a shared machine from deciding. A candidate whose output misses the oracle's bound never wins.
+keeps a slow spell of a shared machine from deciding. A candidate whose output misses the
+oracle's bound never wins.
 Ctrl-C stops the search and keeps (and records) the best plan found so far.
 
 Where candidates run is the runner's business: LocalRunner (this process, the default) or

@@ -1,7 +1,8 @@
 """The register-tiled pieces of the generated CPU kernels, shared by the softmax and linear
-kernels: K's key tile packed transposed, QK^T into the score tile, the atom-wise mask of a PARTIAL tile, acc += s V with V rows
-read in place through the key map, and the EMPTY-atom skipping of partial tiles; `gemm`, the
-register-tiled product of the linear-attention kernels."""
+kernels: K's key tile packed transposed, QK^T into the score tile, the atom-wise mask of a
+PARTIAL tile, acc += s V with V rows read in place through the key map, and the EMPTY-atom
+skipping of partial tiles; `gemm`, the register-tiled product of the linear-attention
+kernels."""
 from ...ir.program import EMPTY, PARTIAL
 
 
