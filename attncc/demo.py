@@ -101,9 +101,9 @@ def interleaved(calls, rounds, min_time=0.2, per_round=False):
     (per_round: {name: [the time of each round]}). Each fn is warmed up once; the rounds run
     the calls in alternating order (forward, then backward), so a drift of the machine's speed
     weighs on every call alike."""
+    from .tune.runner import alternate
     for fn in calls.values():
         fn()
-    from .tune.runner import alternate
     res = {name: [] for name in calls}
     for r in range(rounds):
         for name, fn in alternate(calls.items(), r):

@@ -315,6 +315,8 @@ def _pack(w, sh, P, gat, inline=False):
 def _pair_tiles(w, sh, P, gat, pairs):
     """Once per call: each group-invariant table read of the score (Hoister.pairs) evaluated
     on group 0's tokens into a [heads of the group, BMP, BNP] tile."""
+    if not pairs:
+        return
     q0, k0 = gat.q_token.subs(S.g, 0), gat.k_token.subs(S.g, 0)
     pr = TIRPrinter({**P.names, S.t: ("r", "int"), S.u: ("c", "int")}, P.tables)
     for e, sym in pairs.items():
