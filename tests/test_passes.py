@@ -226,6 +226,24 @@ def test_plan_tiles_are_atom_multiples_and_fit_fast_memory():
     assert fits(prog.groups[0].plan, 256, 256, "sm_80")
 
 
+def test_cpu_plan_long_key_tiles_where_every_softmax_tile_is_full_short_unroll_where_banded():
+    def key_tile(spec, n, d=64):
+        return lower(spec, Dims(1, 8, n, n, d, d), target="tvm").program.groups[0].plan.block_n
+
+    def unroll(spec, n=4096):
+        return lower(spec, Dims(1, 8, n, n, 64, 64), target="tvm").program.groups[0].plan.unroll
+    assert key_tile(ac.Attention(), 4096) == 256
+    assert key_tile(ac.Attention(), 4096, d=256) == 256            # 64 x 256 tiles still fit L2
+    assert key_tile(ac.Attention(ac.axial((512, 8), 0)), 4096) == 256
+    assert key_tile(ac.Attention(), 520) == 64          # 256-key tiles would pad 520 keys to 768
+    assert key_tile(ac.Attention(ac.causal()), 4096) == 64          # diagonal tiles are PARTIAL
+    assert key_tile(ac.Attention(ac.sliding_window(256)), 4096) == 64
+    assert key_tile(ac.Attention(normalizer=ac.sigmoid()), 4096) == 64      # no running max
+    assert key_tile(ac.Attention(ac.mask(lambda b, h, q, k, m: m[b, k] == 0)), 4096) == 64   # tensor mask
+    assert key_tile(ac.Attention(), 197) == 208                     # one tile
+    # banded masks (a quarter or more of the tiles PARTIAL) unroll 4 query rows at most
+    assert unroll(ac.Attention(ac.sliding_window(256))) == unroll(ac.Attention(ac.sliding_window(64))) == 4
+
 def test_plan_accepts_explicit_plans_and_rejects_misaligned():
     prog = through(canon(ac.Attention(), N=128), gather, classify_blocks, simplify_masks)
     assert plan(prog, TilePlan(block_m=32, block_n=128)).groups[0].plan.block_n == 128

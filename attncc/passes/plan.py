@@ -7,7 +7,7 @@ the target's fast memory (FAST_MEMORY). The autotuner (later) only ever replaces
 import numpy as np
 
 from ..ir.plan import FAST_MEMORY, TilePlan, fits, softmax_lanes
-from ..ir.program import FULL, PARTIAL
+from ..ir.program import EMPTY, FULL, PARTIAL
 from .classify_blocks import atom
 
 DEFAULT_TILE = 64
@@ -22,7 +22,16 @@ def _tile(extent, want):
 # micro-kernel's vector lanes and unrolled rows (measured on the 2-core Zen3 machines: 64 x 64
 # tiles at N=4096, dense or banded (48-row tiles straddle a 64-key band edge: 15% slower on a
 # sliding window); one tile for ViT's 197 queries and keys, 6 x 16 register tiles there)
-DEFAULTS = {"tvm": dict(block_m=64, block_n=64, whole_keys=256, whole_queries=256, vector=16, unroll=6)}
+# A softmax group whose key tiles of 256 are all FULL (full attention over long keys) takes
+# 256-key tiles instead: fewer per-tile row reductions and accumulator rescales (Zen 4,
+# AVX-512, 64-query tiles, d64, 64 -> 256 keys: B1 H8 N4096 1.10-1.11x, B4 H12 N1024 1.07x,
+# B8 H12 N512 1.07x; sigmoid, which has no running max, gains nothing), when that pads the keys
+# by at most 1/16 more than the 64-key tiles do. Where a quarter or more of the tiles are
+# PARTIAL (banded masks), 4 unrolled rows at most (the masked sweep's registers; Zen 4, 64 x 64
+# tiles, B1 H8 N4096 d64, u4 against u6: sliding window 64 1.07x, 256 1.09-1.10x, 1024 1.01x;
+# causal, 3% PARTIAL, 1.00x).
+DEFAULTS = {"tvm": dict(block_m=64, block_n=64, whole_keys=256, whole_queries=256, vector=16, unroll=6,
+                        partial_unroll=4, dense_block_n=256)}
 # Triton on NVIDIA GPUs; the shared-memory model (ir/plan.py) prunes what does not fit.
 # sm_80 (not measured yet): 128-query x 64-key tiles, K and V pipelined over 3 stages, 4 warps
 # (8 for head dims over 64). sm_90, from bench/gpu_plans.py on an H100 (fp16, B8 H16 N4096 and
@@ -82,7 +91,19 @@ def _layout_tiles(grp, bm, bn):
     return bm, bn
 
 
-def default_plan(grp, dims, target, elem_bytes=4, linear=False):
+def _dense_keys(grp, bm, bn, want):
+    """The key tile of a softmax group: `want` ("dense_block_n") when every tile of bm x want is
+    FULL and it pads the keys by at most 1/16 more than `bn`, else `bn`."""
+    lk = grp.gather.Lk
+    big = _tile(lk, want)
+    def padded(t):
+        return -(-lk // t) * t
+    if big <= bn or padded(big) * 16 > padded(_tile(lk, bn)) * 17:
+        return bn
+    return big if (grp.blocks.coarsen(_tile(grp.gather.Lq, bm), big) == FULL).all() else bn
+
+
+def default_plan(grp, dims, target, elem_bytes=4, linear=False, softmax=False):
     gat = grp.gather
     want = DEFAULTS.get(target, {})
     bn = want.get("block_n", DEFAULT_TILE)
@@ -92,6 +113,8 @@ def default_plan(grp, dims, target, elem_bytes=4, linear=False):
     bm = want.get("wide_block_m" if wide else "block_m", want.get("block_m", DEFAULT_TILE))
     if gat.Lq <= want.get("whole_queries", 0):         # a short query extent is one tile (less padding)
         bm = -(-gat.Lq // atom(gat.Lq)) * atom(gat.Lq)
+    if softmax and "dense_block_n" in want and not (gat.Lk <= want.get("whole_keys", 0) or gat.per_query):
+        bn = _dense_keys(grp, bm, bn, want["dense_block_n"])
     bm, bn = _layout_tiles(grp, bm, bn)
     chunk = TilePlan().chunk
     if linear:
@@ -106,8 +129,10 @@ def default_plan(grp, dims, target, elem_bytes=4, linear=False):
             bn = LINEAR_WHOLE_KEYS
     plan = TilePlan(block_m=_tile(gat.Lq, bm), block_n=_tile(gat.Lk, bn), chunk=chunk)
     if "vector" in want:
+        cls = grp.blocks.coarsen(plan.block_m, plan.block_n)
+        banded = (cls == PARTIAL).sum() * 4 >= (cls != EMPTY).sum()
         plan = plan.replace(vector=want["vector"] if softmax_lanes(plan.block_n) == 16 else 8,
-                            unroll=_unroll(plan.block_m, want["unroll"]))
+                            unroll=_unroll(plan.block_m, want["partial_unroll" if banded else "unroll"]))
     if "num_warps" in want:
         plan = plan.replace(num_warps=want["wide_warps"] if wide else want["num_warps"], num_stages=want["num_stages"])
     aq, ak = atom(gat.Lq), atom(gat.Lk)
@@ -146,7 +171,8 @@ def plan(prog, plans=None):
     given, else the target's default."""
     for k, grp in enumerate(prog.groups):
         if plans is None:
-            p = default_plan(grp, prog.dims, prog.target, _elem_bytes(prog), prog.norm.kind == "linear")
+            p = default_plan(grp, prog.dims, prog.target, _elem_bytes(prog), prog.norm.kind == "linear",
+                                 prog.norm.kind == "softmax")
         else:
             p = plans[k] if isinstance(plans, (tuple, list)) else plans
         aq, ak = grp.blocks.atom
