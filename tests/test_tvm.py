@@ -252,3 +252,22 @@ def test_tvm_parallel_loops_run_on_torchs_openmp_threads():
         runs[mode] = res.stdout.strip()
     assert runs["omp"].startswith("[True]") and runs["tvm"].startswith("[False]")
     assert runs["omp"].split("]")[1] == runs["tvm"].split("]")[1]
+
+
+def test_tvm_strided_windows_take_a_windows_heads_one_after_another():
+    """Token-major q, k, v views with one query tile per window: consecutive items are the
+    heads of one window (source.heads_inner), with the results of the compact kernel, which
+    keeps heads before windows."""
+    spec = ac.Attention(ac.window2d((14, 14), (7, 7), (3, 3)), score_mods=ac.rel_pos_bias("rpb", (7, 7)))
+    dims = Dims(2, 3, 196, 196, 16, 16)
+    tensors = {"rpb": torch.randn(169, 3, generator=torch.Generator().manual_seed(1))}
+    q, k, v = make_inputs(dims)
+    kern = ac.compile(spec, backend="tvm")
+    want = kern(q, k, v, **tensors)
+    compact = kern.compiled(dims, "float32", layouts(spec, tensors, dims)).source
+    got = kern(*(odd_strided(x, i) for i, x in enumerate((q, k, v))), **tensors)
+    strided = kern.compiled(dims, "float32", layouts(spec, tensors, dims)).source
+    assert torch.equal(got, want)
+    check_against_oracle(spec, q, k, v, tensors, backend="tvm")
+    assert compact.index("hh = item //") < compact.index("g = item //")
+    assert strided.index("g = item //") < strided.index("hh = item //")
