@@ -29,7 +29,8 @@ def _tile(extent, want):
 # by at most 1/16 more than the 64-key tiles do. Where a quarter or more of the tiles are
 # PARTIAL (banded masks), 4 unrolled rows at most (the masked sweep's registers; Zen 4, 64 x 64
 # tiles, B1 H8 N4096 d64, u4 against u6: sliding window 64 1.07x, 256 1.09-1.10x, 1024 1.01x;
-# causal, 3% PARTIAL, 1.00x).
+# causal, 3% PARTIAL, 1.00x). Both measured on Zen 4 only: on Zen 3 (AVX2) 64-row tiles
+# unroll 4 rows anyway, and the shipped Zen 3 records keep their 64 x 64 plans at N=4096.
 DEFAULTS = {"tvm": dict(block_m=64, block_n=64, whole_keys=256, whole_queries=256, vector=16, unroll=6,
                         partial_unroll=4, dense_block_n=256)}
 # Triton on NVIDIA GPUs; the shared-memory model (ir/plan.py) prunes what does not fit.
