@@ -244,6 +244,7 @@ def test_cpu_plan_long_key_tiles_where_every_softmax_tile_is_full_short_unroll_w
     # banded masks (a quarter or more of the tiles PARTIAL) unroll 4 query rows at most
     assert unroll(ac.Attention(ac.sliding_window(256))) == unroll(ac.Attention(ac.sliding_window(64))) == 4
 
+
 def test_plan_accepts_explicit_plans_and_rejects_misaligned():
     prog = through(canon(ac.Attention(), N=128), gather, classify_blocks, simplify_masks)
     assert plan(prog, TilePlan(block_m=32, block_n=128)).groups[0].plan.block_n == 128
