@@ -271,3 +271,37 @@ def test_tvm_strided_windows_take_a_windows_heads_one_after_another():
     check_against_oracle(spec, q, k, v, tensors, backend="tvm")
     assert compact.index("hh = item //") < compact.index("g = item //")
     assert strided.index("g = item //") < strided.index("hh = item //")
+
+
+@pytest.mark.parametrize("d", [32, 24, 20], ids=["d32", "d24", "d20"])
+def test_tvm_key_tiles_transpose_by_shuffles_where_head_dims_allow(d):
+    """K's key tile is packed transposed in 16 x 16 (d=32) or 8 x 8 (d=24) blocks of shuffled
+    vectors (microkernel.pack_tile); d=20 divides neither and gathers a lane at a time. All
+    three match the oracle, on a pattern whose keys are gathered (axial columns)."""
+    spec = ac.Attention(ac.axial((12, 12), 0))
+    dims = Dims(1, 2, 144, 144, d, d)
+    q, k, v = make_inputs(dims)
+    check_against_oracle(spec, q, k, v, {}, backend="tvm")
+    source = ac.compile(spec, backend="tvm").compiled(dims, "float32", {}).source
+    blocks = {32: "T.Ramp(jb * 16, 1, 16)", 24: "T.Ramp(jb * 8, 1, 8)"}
+    if d in blocks:
+        assert "T.Shuffle(" in source and blocks[d] in source
+    else:
+        assert "T.Shuffle(" not in source and "kpl[j, c] = k[b, h, ktk[g, kb, c], j]" in source
+
+
+def test_tvm_gathered_tasks_prefetch_the_next_items_rows():
+    """Gathered groups (and one-tile dense ones) prefetch the next item's q, k and v rows
+    (source.prefetches); a dense group of many query tiles, whose rows follow each other, does
+    not; nor does a task of one item. Results match the oracle either way."""
+    cases = [(ac.Attention(ac.window2d((28, 28), (7, 7), (3, 3))), Dims(2, 3, 784, 784, 16, 16), True),
+             (ac.Attention(), Dims(8, 8, 100, 100, 16, 16), True),
+             (ac.Attention(ac.causal()), Dims(1, 2, 640, 640, 16, 16), False)]
+    for spec, dims, want in cases:
+        q, k, v = make_inputs(dims)
+        check_against_oracle(spec, q, k, v, {}, backend="tvm")
+        source = ac.compile(spec, backend="tvm").compiled(dims, "float32", {}).source
+        assert ("llvm.prefetch" in source) == want, spec
+        if want:
+            assert "T.address_of(q[nb, nh, qtk[ng, nqi, r], 0])" in source
+            assert "T.address_of(v[nb, nh, ktk[ng, nkb, r], 0])" in source
