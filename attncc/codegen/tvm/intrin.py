@@ -24,6 +24,27 @@ def fexp(x):
     return y * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
 
 
+# ln(1 + f) - f + f^2 / 2 on [sqrt(1/2) - 1, sqrt(2) - 1], over f^3 (Cephes logf coefficients)
+_L = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+      -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
+
+
+def flog(x):
+    """ln(x) in float32 from TIR arithmetic, so LLVM vectorizes it (T.log on a vector becomes
+    scalar libm calls), for normal positive x: x = m 2^e with m in [sqrt(1/2), sqrt(2))."""
+    bits = T.reinterpret("int32", x)
+    m = T.reinterpret("float32", T.bitwise_or(T.bitwise_and(bits, T.int32(0x007FFFFF)), T.int32(0x3F800000)))
+    big = m > T.float32(1.4142135623730951)
+    e = T.Cast("float32", T.shift_right(bits, 23) - T.Select(big, 126, 127))
+    f = T.Select(big, m * T.float32(0.5), m) - T.float32(1.0)
+    z = f * f
+    y = T.float32(_L[0])
+    for c in _L[1:]:
+        y = y * f + T.float32(c)
+    y = y * f * z + e * T.float32(_LN2_LO) - T.float32(0.5) * z
+    return f + y + e * T.float32(_LN2_HI)
+
+
 def tree(op, xs):
     """Reduce a list of expressions pairwise (a balanced tree: short dependency chains)."""
     xs = list(xs)
