@@ -303,5 +303,5 @@ def test_tvm_gathered_tasks_prefetch_the_next_items_rows():
         source = ac.compile(spec, backend="tvm").compiled(dims, "float32", {}).source
         assert ("llvm.prefetch" in source) == want, spec
         if want:
-            assert "T.address_of(q[nb, nh, qtk[ng, nqi, r], 0])" in source
+            assert "T.address_of(q[nb, nh, T.max(qtk[ng, nqi, r], 0), 0])" in source
             assert "T.address_of(v[nb, nh, ktk[ng, nkb, r], 0])" in source

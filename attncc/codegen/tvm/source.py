@@ -181,7 +181,7 @@ def generate(prog, grp, shape, tables, skip=(), stats=True, route=None):
         # ---- query tile through the query map
         w(f"for r in range({sh.BMP}):")
         with w.block():
-            query_row(w, sh, P, gat)
+            query_row(w, sh, P, gat, prefetch)
             for buf, sym, text, _ in hoisted:
                 if buf == "hrow":
                     w(f"{sym}[r] = {text}")
@@ -208,13 +208,16 @@ def generate(prog, grp, shape, tables, skip=(), stats=True, route=None):
             _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, set(skip), stats, ks, inline)
         # ---- epilogue: write through the query map; the rows' logs vectorized first (flog:
         # libm's scalar logf was 4% of Swin-T's window kernels)
-        for r0, n in ((0, sh.BMP // sh.SL * sh.SL), (sh.BMP // sh.SL * sh.SL, sh.BMP % sh.SL)):
-            if n:
-                w(f"for rr in range({n // min(n, sh.SL)}):")
-                with w.block():
-                    w(f"for i in T.vectorized({min(n, sh.SL)}):")
-                    with w.block():
-                        w(f"lz[{r0} + rr * {min(n, sh.SL)} + i] = flog(sm[{r0} + rr * {min(n, sh.SL)} + i])")
+        full = sh.BMP // sh.SL * sh.SL
+        w(f"for rr in range({sh.BMP // sh.SL}):")
+        with w.block():
+            w(f"for i in T.vectorized({sh.SL}):")
+            with w.block():
+                w(f"lz[rr * {sh.SL} + i] = flog(sm[rr * {sh.SL} + i])")
+        if sh.BMP > full:
+            w(f"for i in T.vectorized({sh.BMP - full}):")
+            with w.block():
+                w(f"lz[{full} + i] = flog(sm[{full} + i])")
         w(f"for r in range({sh.BM}):")
         with w.block():
             w("if qok[r] != 0:")
@@ -272,10 +275,20 @@ def close_kernel(w):
     return "\n".join(w.lines) + "\n"
 
 
-def query_row(w, sh, P, gat):
-    """Row r of the query tile: its local index t, validity qok[r] and token qtok[r]."""
+def _query_valid(sh, P, gat):
+    """Whether row r (local index t) of the query tile is a query (text)."""
+    return f"T.And(T.And(r < {sh.BM}, t < {sh.LQ}), {P(gat.q_valid, 'bool')})"
+
+
+def query_row(w, sh, P, gat, table=False):
+    """Row r of the query tile: its local index t, validity qok[r] and token qtok[r], read
+    from the qtk table (query_tables) when `table`."""
     w(f"t = qi * {sh.BM} + r")
-    w(f"qok[r] = T.Cast(\"int32\", T.And(T.And(r < {sh.BM}, t < {sh.LQ}), {P(gat.q_valid, 'bool')}))")
+    if table:
+        w("qok[r] = T.Cast(\"int32\", qtk[g, qi, r] >= 0)")
+        w("qtok[r] = T.max(qtk[g, qi, r], 0)")
+        return
+    w(f"qok[r] = T.Cast(\"int32\", {_query_valid(sh, P, gat)})")
     w(f"qtok[r] = T.Select(qok[r] != 0, {P(gat.q_token, 'int')}, 0)")
 
 
@@ -320,8 +333,8 @@ def prefetches(sh, gat):
 
 
 def query_tables(w, sh, P, gat):
-    """qtk [G, NQ, BMP]: the query map evaluated per query tile (the token, 0 where invalid),
-    for the prefetch of the next item's rows."""
+    """qtk [G, NQ, BMP]: the query map evaluated once per call per query tile (the token, -1
+    where the row is no query), for the tasks' rows and the prefetch of the next item's."""
     w(f"qtk = T.alloc_buffer(({sh.G}, {sh.NQ}, {sh.BMP}), \"int32\")")
     w(f"for gq in T.parallel({sh.G * sh.NQ}):")
     with w.block():
@@ -330,8 +343,7 @@ def query_tables(w, sh, P, gat):
         w(f"for r in range({sh.BMP}):")
         with w.block():
             w(f"t = qi * {sh.BM} + r")
-            w(f"qtk[g, qi, r] = T.Select(T.And(T.And(r < {sh.BM}, t < {sh.LQ}), {P(gat.q_valid, 'bool')}), "
-              f"{P(gat.q_token, 'int')}, 0)")
+            w(f"qtk[g, qi, r] = T.Select({_query_valid(sh, P, gat)}, {P(gat.q_token, 'int')}, -1)")
 
 
 def next_item(w, sh, chunk, heads_last):
@@ -350,7 +362,7 @@ def prefetch_row(w, sh, r, what):
             w(f"T.evaluate(T.call_llvm_intrin(\"void\", \"llvm.prefetch.p0\", "
               f"T.address_of({t}[nb, nh, {tok}, {off}]), T.int32(0), T.int32(2), T.int32(1)))")
     if what == "q":
-        line("q", f"qtk[ng, nqi, {r}]", sh.D)
+        line("q", f"T.max(qtk[ng, nqi, {r}], 0)", sh.D)
     else:
         line("k", f"ktk[ng, nkb, {r}]", sh.D)
         line("v", f"ktk[ng, nkb, {r}]", sh.DV)
