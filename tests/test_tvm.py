@@ -256,7 +256,7 @@ def test_tvm_parallel_loops_run_on_torchs_openmp_threads():
 
 def test_tvm_strided_windows_take_a_windows_heads_one_after_another():
     """Token-major q, k, v views with one query tile per window: consecutive items are the
-    heads of one window (source.heads_inner), with the results of the compact kernel, which
+    heads of one window (items.heads_inner), with the results of the compact kernel, which
     keeps heads before windows."""
     spec = ac.Attention(ac.window2d((14, 14), (7, 7), (3, 3)), score_mods=ac.rel_pos_bias("rpb", (7, 7)))
     dims = Dims(2, 3, 196, 196, 16, 16)
@@ -292,7 +292,7 @@ def test_tvm_key_tiles_transpose_by_shuffles_where_head_dims_allow(d):
 
 def test_tvm_gathered_tasks_prefetch_the_next_items_rows():
     """Gathered groups (and one-tile dense ones) prefetch the next item's q, k and v rows
-    (source.prefetches); a dense group of many query tiles, whose rows follow each other, does
+    (items.prefetches); a dense group of many query tiles, whose rows follow each other, does
     not; nor does a task of one item. Results match the oracle either way."""
     cases = [(ac.Attention(ac.window2d((28, 28), (7, 7), (3, 3))), Dims(2, 3, 784, 784, 16, 16), True),
              (ac.Attention(), Dims(8, 8, 100, 100, 16, 16), True),

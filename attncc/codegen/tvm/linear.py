@@ -26,7 +26,8 @@ from ...ir.program import EMPTY, FULL, PARTIAL
 from ...passes.plan import linear_scans
 from .printer import TIRPrinter
 from .microkernel import gemm, live_atoms, reduce_over, value_lanes
-from .source import _chunk, close_kernel, key_tables, key_tile_tasks, open_kernel, query_row, task_item
+from .items import _chunk, query_row, task_item
+from .source import close_kernel, key_tables, key_tile_tasks, open_kernel
 
 
 def _phi_elem(name, x, fs="fs[0]"):

@@ -5,7 +5,8 @@ the row in one pass (the row's keys are one tile), and combined with their value
 from ...ir import symbols as S
 from ...ir.program import FULL, PARTIAL
 from .printer import TIRPrinter
-from .source import _chunk, _post_chain, close_kernel, open_kernel, task_item
+from .items import _chunk, task_item
+from .source import _post_chain, close_kernel, open_kernel
 
 
 def generate_per_query(prog, grp, sh, tables):
