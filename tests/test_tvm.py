@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -305,3 +306,66 @@ def test_tvm_gathered_tasks_prefetch_the_next_items_rows():
         if want:
             assert "T.address_of(q[nb, nh, T.max(qtk[ng, nqi, r], 0), 0])" in source
             assert "T.address_of(v[nb, nh, ktk[ng, nkb, r], 0])" in source
+
+
+_ELEMENTWISE = '''
+from tvm.script import tirx as T
+from attncc.codegen.tvm.intrin import fexp_any, flog_any, ftanh
+
+
+def build():
+    @T.prim_func
+    def main(x: T.Buffer((NN,), "float32"), o: T.Buffer((NN,), "float32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for i0 in range(NN // 16):
+            for i1 in T.vectorized(16):
+                o[i0 * 16 + i1] = FN(x[i0 * 16 + i1])
+    return main
+'''
+
+
+@pytest.mark.parametrize("fn, ref, ulps", [("ftanh", np.tanh, 1.5), ("fexp_any", np.exp, 2.5),
+                                           ("flog_any", np.log, 1.0)])
+def test_tvm_vectorized_tanh_exp_log_match_libm_with_its_special_values(fn, ref, ulps):
+    """intrin.py's tanh, exp and log (what score modifiers' tanh / exp / log print to, so the
+    score loop stays vector code) against float64 numpy, in float32 ulps, over random values
+    across the float range and the special ones: +-0, +-inf, NaN, subnormals, overflow."""
+    from attncc.codegen.tvm.build import compile_source
+    rng = np.random.default_rng(0)
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, 1e-40, 1.17e-38, 88.0, 88.5, 88.72, 88.73, 89.0,
+               -87.0, -87.5, -88.0, -103.0, -200.0, 1.0, -1.0, 0.625, -0.625, 0.6249, 1e-8, -1e-8, 3.4e38]
+    x = np.concatenate([special, rng.standard_normal(2000) * 5, np.exp(rng.uniform(-90, 88, 2000)),
+                        -np.exp(rng.uniform(-90, 88, 500))])
+    x = np.concatenate([x, np.ones(-len(x) % 16)]).astype(np.float32)
+    src = _ELEMENTWISE.replace("NN", str(len(x))).replace("FN", fn)
+    out = torch.empty(len(x))
+    compile_source(src, ["test"]).fn(torch.tensor(x), out)        # torch.tensor: 64-byte aligned
+    got = out.numpy()
+    with np.errstate(all="ignore"):
+        want = ref(x.astype(np.float64))
+        want32 = want.astype(np.float32)
+    assert np.array_equal(np.isnan(got), np.isnan(want32))
+    assert np.array_equal(np.isinf(got), np.isinf(want32)) and np.all(got[np.isinf(got)] == want32[np.isinf(got)])
+    fin = np.isfinite(want32) & (np.abs(want32) >= np.finfo(np.float32).tiny)
+    err = np.abs(got[fin] - want[fin]) / np.spacing(np.abs(want32[fin])).astype(np.float64)
+    assert err.max() <= ulps, (fn, x[fin][err.argmax()], got[fin][err.argmax()], want[fin][err.argmax()])
+    sub = np.isfinite(want32) & ~fin                               # subnormal results: absolute
+    assert np.all(np.abs(got[sub] - want[sub]) <= 1e-43)
+
+
+def test_tvm_score_modifiers_with_transcendentals_stay_vector_code():
+    """Soft-capping's tanh, ALiBi's 2 ** x and a user modifier's exp, log, sqrt and x ** 2 print
+    to intrin.py's vectorizable forms inside explicitly vectorized loops (T.tanh / T.exp /
+    T.log / T.pow on a vector become scalar libm calls), and match the oracle."""
+    dims = Dims(1, 2, 160, 160, 32, 32)
+    q, k, v = make_inputs(dims)
+    user = ac.score_mod(lambda s, b, h, qi, kj: torch.log(1 + torch.exp(s)) - torch.sqrt(s * s + 1) + s ** 2 / 8)
+    for spec in (ac.Attention(ac.causal(), score_mods=(ac.softcap(5.0),)),
+                 ac.Attention(ac.causal(), score_mods=(ac.alibi(),)),
+                 ac.Attention(score_mods=(user,))):
+        check_against_oracle(spec, q, k, v, {}, backend="tvm")
+        source = ac.compile(spec, backend="tvm").compiled(dims, "float32", {}).source
+        assert not any(f in source for f in ("T.tanh(", "T.exp(", "T.log(", "T.pow(")), spec
+        assert "for i in T.vectorized(" in source
+    assert "ftanh(" in ac.compile(ac.Attention(score_mods=(ac.softcap(5.0),)), backend="tvm").compiled(
+        dims, "float32", {}).source

@@ -1,6 +1,7 @@
 """Compile generated TVMScript through LLVM for the host CPU, with a compiled-kernel cache in
-memory and on disk (keyed by the IR hash, the plan, the target and the attncc version), so a
-second process loads the shared library instead of compiling again."""
+memory and on disk (keyed by the generated source, the target, the attncc version and the
+source of the TIR building blocks it inlines, intrin.py), so a second process loads the shared
+library instead of compiling again."""
 import hashlib
 import importlib.util
 import os
@@ -21,6 +22,9 @@ import tvm  # noqa: E402
 from tvm.target import codegen as _codegen  # noqa: E402
 
 _MEMORY = {}
+# the generated sources call intrin.py's functions, inlined when parsed: their text is part of
+# what decides a binary, so an edited intrin.py never loads a library built from the old one
+_INTRIN = hashlib.sha256((Path(__file__).parent / "intrin.py").read_bytes()).hexdigest()
 
 
 def host_target():
@@ -50,7 +54,7 @@ class Compiled:
 def compile_source(source, key_parts):
     """Compile `source` (defining build() -> PrimFunc); cached by everything that decides it."""
     target = host_target()
-    key = hashlib.sha256("\n".join([__version__, str(target), source, *key_parts]).encode()).hexdigest()[:24]
+    key = hashlib.sha256("\n".join([__version__, _INTRIN, str(target), source, *key_parts]).encode()).hexdigest()[:24]
     got = _MEMORY.get(key)
     if got is not None:
         return got

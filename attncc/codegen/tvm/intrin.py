@@ -45,6 +45,45 @@ def flog(x):
     return f + y + e * T.float32(_LN2_HI)
 
 
+_INF, _NAN = float("inf"), float("nan")
+_FLT_MIN = 1.1754943508222875e-38
+_LN_MAX = 88.72283935546875     # ln(float32 max): exp overflows above
+# tanh(x) = x + x^3 P(x^2) on |x| < 0.625 (Cephes tanhf coefficients)
+_TANH = (-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1)
+
+
+def fexp_any(x):
+    """exp(x) for any float32 x (inf above ln(max), subnormals below -87, NaN through), from
+    TIR arithmetic so LLVM vectorizes it: exp(x / 2) squared (within 2 ulp), which fexp's
+    range covers down to x = -174 (below: 0, as exp underflows). x is read 5 times: nested in
+    other expressions, the tree TVM expands stays small."""
+    half = fexp(x * T.float32(0.5))
+    return T.Select(T.isnan(x), x, T.Select(x > T.float32(_LN_MAX), T.float32(_INF), half * half))
+
+
+def flog_any(x):
+    """ln(x) for any float32 x, as libm gives it (-inf at 0, NaN below 0 and through, inf at
+    inf, subnormals scaled into range), vectorizable."""
+    sub = x < T.float32(_FLT_MIN)
+    r = flog(T.Select(sub, x * T.float32(8388608.0), x)) - T.Select(sub, T.float32(23 * 0.6931471805599453),
+                                                                    T.float32(0))
+    return T.Select(x > T.float32(0), T.Select(T.isinf(x), x, r),
+                    T.Select(x == T.float32(0), T.float32(-_INF), T.float32(_NAN)))
+
+
+def ftanh(x):
+    """tanh(x) in float32 (NaN through, +-1 at +-inf), vectorizable: the odd polynomial below
+    |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) with x's sign above."""
+    a = T.abs(x)
+    z = x * x
+    p = T.float32(_TANH[0])
+    for c in _TANH[1:]:
+        p = p * z + T.float32(c)
+    big = T.float32(1) - T.float32(2) / (fexp(a * T.float32(2)) + T.float32(1))
+    r = T.Select(a < T.float32(0.625), p * z * x + x, T.Select(x < T.float32(0), -big, big))
+    return T.Select(T.isnan(x), x, r)
+
+
 def tree(op, xs):
     """Reduce a list of expressions pairwise (a balanced tree: short dependency chains)."""
     xs = list(xs)

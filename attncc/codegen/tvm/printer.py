@@ -54,8 +54,19 @@ class TIRPrinter:
             if ex.is_Integer and int(ex) >= 0 and self.p(base)[1] == "int":
                 t, _ = self.p(base)
                 return "(" + " * ".join([t] * int(ex)) + ")" if int(ex) else "1", "int"
-            if ex == -1:
-                return f"(T.float32(1.0) / {self(base, 'float')})", "float"
+            if ex == sympy.Rational(1, 2) or ex == sympy.Rational(-1, 2):   # llvm.sqrt vectorizes
+                t = f"T.sqrt({self(base, 'float')})"
+                return (t if ex > 0 else f"(T.float32(1.0) / {t})"), "float"
+            if ex.is_Integer and 0 < abs(int(ex)) <= 4:      # x * x ...: exact, no pow
+                t = self(base, "float")
+                prod = "(" + " * ".join([t] * abs(int(ex))) + ")"
+                return (prod if int(ex) > 0 else f"(T.float32(1.0) / {prod})"), "float"
+            if base.is_Number and base > 0:                 # c ** y = exp(y ln c): ALiBi's slopes
+                if base == 1:
+                    return "T.float32(1.0)", "float"
+                return f"fexp_any({self(ex, 'float')} * T.float32({float(sympy.log(base))!r}))", "float"
+            # a general base stays libm's powf (scalar calls): exp(y ln|a|) with powf's special
+            # cases, inlined, grows expression trees TVM expands past what it compiles quickly
             return f"T.pow({self(base, 'float')}, {self(ex, 'float')})", "float"
         if isinstance(e, S.FloorDiv):
             return f"T.floordiv({self(e.args[0], 'int')}, {self(e.args[1], 'int')})", "int"
@@ -80,7 +91,9 @@ class TIRPrinter:
         if isinstance(e, sympy.Abs):
             t, k = self.p(e.args[0])
             return f"T.abs({t})", k
-        for cls, fn in ((sympy.tanh, "T.tanh"), (sympy.exp, "T.exp"), (sympy.log, "T.log")):
+        # vectorizable forms (intrin.py): T.tanh / T.exp / T.log / T.pow on a vector become
+        # scalar libm calls, which keep LLVM from vectorizing the score loop
+        for cls, fn in ((sympy.tanh, "ftanh"), (sympy.exp, "fexp_any"), (sympy.log, "flog_any")):
             if isinstance(e, cls):
                 return f"{fn}({self(e.args[0], 'float')})", "float"
         if isinstance(e, sympy.Piecewise):
