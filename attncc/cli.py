@@ -82,7 +82,10 @@ def cmd_demo(args):
         except RuntimeError as e:
             print(f"## {name}: skipped: {e}\n", flush=True)
             continue
-        c = demo.compare(model, batch=args.batch, rounds=args.rounds)
+        # a whole forward is one call per round, and single calls move by 10-15% on a shared
+        # machine: the end-to-end ratio takes more rounds than the layers
+        c = demo.compare(model, batch=args.batch, rounds=args.e2e_rounds or 3 * args.rounds,
+                         layer_rounds=args.rounds)
         swapped = sorted({s.was for s in c.report})
         print(f"## {c.name}, batch {args.batch}\n\nac.swap replaced {len(c.report)} modules ({'; '.join(swapped)}).\n"
               f"outputs {'equal' if c.equal else 'DIFFER'}: max abs difference {c.max_diff:.1e} "
@@ -205,6 +208,8 @@ def main(argv=None):
                    help="models to swap and time (none: the catalogue only)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians)")
+    p.add_argument("--e2e-rounds", type=int, default=None,
+                   help="interleaved rounds of the whole models (default: 3 x --rounds)")
     p.add_argument("--only", nargs="*", help="catalogue entries to run (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(fn=cmd_demo)
