@@ -398,9 +398,8 @@ def _key_loop(w, prog, grp, sh, Pq, pair_ok, pass_, score, post, hoisted, skip, 
             w("else:")
             w.depth += 1
         qk(w, sh, skip, atoms=atoms, kslot=ks, ktile=ktile)
-        # score modifiers, then the mask (partial tiles evaluate the residual)
-        # score modifiers, SL lanes at a time (the vectorizable intrin.py forms of tanh, exp,
-        # log and pow keep these loops vector code)
+        # score modifiers, SL lanes at a time (their tanh, exp and log print to intrin.py's
+        # vectorizable forms), then the mask (partial tiles evaluate the residual)
         if prog.score != S.score:
             w(f"for r in range({sh.BMP}):")
             with w.block():
