@@ -1,7 +1,7 @@
 """Compile generated TVMScript through LLVM for the host CPU, with a compiled-kernel cache in
-memory and on disk (keyed by the generated source, the target, the attncc version and the
-source of the TIR building blocks it inlines, intrin.py), so a second process loads the shared
-library instead of compiling again."""
+memory and on disk (keyed by the generated source, the target, the attncc and TVM versions and
+the source of the TIR building blocks it inlines, intrin.py), so a second process loads the
+shared library instead of compiling again."""
 import hashlib
 import importlib.util
 import os
@@ -54,7 +54,8 @@ class Compiled:
 def compile_source(source, key_parts):
     """Compile `source` (defining build() -> PrimFunc); cached by everything that decides it."""
     target = host_target()
-    key = hashlib.sha256("\n".join([__version__, _INTRIN, str(target), source, *key_parts]).encode()).hexdigest()[:24]
+    parts = [__version__, tvm.__version__, _INTRIN, str(target), source, *key_parts]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
     got = _MEMORY.get(key)
     if got is not None:
         return got
