@@ -9,7 +9,6 @@ import torch
 
 import attncc as ac
 from attncc.dsl.trace import TraceError
-from attncc.ir.evaluate import EvalError
 
 
 def qkv(B=1, H=2, N=16, M=None, d=8, dv=None, dtype=torch.float32):
@@ -202,31 +201,34 @@ def test_head_dim_too_large_for_any_tile():
 
 
 # --------------------------------------------------------------------------------------------
-# evaluating captured tensors (attncc/ir/evaluate.py)
+# captured tensors against what the spec reads (attncc/runtime/inputs.py check_tables; every
+# backend: tests/test_errors_tables.py)
 # --------------------------------------------------------------------------------------------
 
 def test_captured_tensor_too_small():
-    with pytest.raises(EvalError, match=re.escape("tensor 'bias' is indexed out of range on dim 1 (size 15): "
-                                                  "indices span [0, 15] for pairs that are not masked "
-                                                  "(in bias[h, i]); give it the shape the expression needs")):
+    with pytest.raises(ValueError, match=re.escape(
+            "captured tensor 'bias' of shape (2, 15) is too small for score_mod(score + bias[h, i]) at B=1, H=2, "
+            "N=16, M=16: dim 1 needs at least 16 entries (its index spans 0..15, read as bias[h, i]); pass a tensor "
+            "of shape at least (2, 16) (a larger one is fine)")):
         run(bias_spec(), *qkv(), bias=torch.zeros(2, 15))
 
 
 def test_captured_tensor_constant_index_out_of_range():
     spec = ac.Attention(score_mods=ac.score_mod(lambda s, b, h, q, k, t: s + t[5]))
-    with pytest.raises(EvalError, match=re.escape("tensor 't' is indexed out of range: index 5 on dim 0 of size 3 "
-                                                  "(in t[5])")):
+    with pytest.raises(ValueError, match=re.escape("captured tensor 't' of shape (3,) is too small for score_mod("
+                                                   "score + t[5]) at B=1, H=2, N=16, M=16: dim 0 needs at least 6 "
+                                                   "entries (its index spans 5..5, read as t[5])")):
         run(spec, *qkv(), t=torch.zeros(3))
 
 
 def test_captured_tensor_wrong_number_of_indices():
-    with pytest.raises(EvalError, match=re.escape("tensor 'bias' has 3 dims (2, 16, 1) but the expression indexes "
-                                                  "it with 2: bias[h, i]")):
+    with pytest.raises(ValueError, match=re.escape("captured tensor 'bias' has 3 dims (2, 16, 1) but score_mod(score "
+                                                   "+ bias[h, i]) reads it with 2 indices: bias[h, i]")):
         run(bias_spec(), *qkv(), bias=torch.zeros(2, 16, 1))
 
 
 def test_out_of_range_error_is_a_value_error():
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="is too small"):
         run(bias_spec(), *qkv(), bias=torch.zeros(1, 16))
 
 

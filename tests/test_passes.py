@@ -5,10 +5,13 @@ import json
 import numpy as np
 import pytest
 import sympy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import attncc as ac
 from attncc.ir import symbols as S
 from attncc.ir.evaluate import evaluate
+from attncc.ir.intervals import bound
 from attncc.ir.plan import FAST_MEMORY, TilePlan, fits, working_set
 from attncc.ir.program import EMPTY, FULL, PARTIAL, Dims
 from attncc.ir.verify import VerifyError, verify
@@ -17,6 +20,7 @@ from attncc.passes.classify_blocks import classify_blocks
 from attncc.passes.gather import gather
 from attncc.passes.pipeline import lower
 from attncc.passes.plan import plan
+from attncc.passes.reads import exact_ranges, reads
 from attncc.passes.simplify_masks import simplify_masks
 
 i, j = S.i, S.j
@@ -292,10 +296,55 @@ def test_verifier_catches_broken_ir():
 def test_pipeline_stages_are_pure_and_named(capsys):
     spec = ac.Attention(ac.window2d((8, 8), (4, 4), (2, 2)))
     low = lower(spec, Dims(1, 2, 64, 64, 16, 16), dump=True)
-    assert [n for n, _, _ in low.stages] == ["canonicalize", "gather", "classify_blocks", "simplify_masks",
+    assert [n for n, _, _ in low.stages] == ["canonicalize", "gather", "reads", "classify_blocks", "simplify_masks",
                                              "plan", "cost"]
     first = low.stages[0][1]
     assert first.groups[0].gather is None                    # later passes did not mutate it
     assert "=== after cost" in capsys.readouterr().out
     assert low.program.digest() == lower(spec, Dims(1, 2, 64, 64, 16, 16)).program.digest()
     assert low.program.digest() != lower(spec, Dims(1, 2, 64, 64, 16, 8)).program.digest()
+
+
+# --------------------------------------------------------------------------------------------
+# reads (and the interval analysis it uses, ir/intervals.py)
+# --------------------------------------------------------------------------------------------
+
+def test_reads_bound_swin_bias_exactly_through_the_shifted_gather():
+    spec = ac.Attention(ac.window2d((8, 8), (4, 4), (2, 2)), score_mods=(ac.rel_pos_bias("rpb", (4, 4)),))
+    prog = through(canon(spec), gather, reads)
+    (r,) = prog.reads
+    assert (r.name, r.group, r.use, r.bounds) == ("rpb", 0, "value", ((0, 48), (0, 1)))
+    assert not any(S.i in ix.free_symbols or S.j in ix.free_symbols for ix in r.index)    # local symbols
+
+
+def test_reads_uses_and_data_dependent_bounds():
+    spec = ac.Attention(ac.mask(lambda b, h, q, k, doc: doc[b, q] == doc[b, k]),
+                        score_mods=(ac.score_mod(lambda s, b, h, q, k, seg, sb: s + sb[h, seg[b, q]]),))
+    prog = through(canon(spec, N=32), gather, reads)
+    got = {(r.name, r.use): r.bounds for r in prog.reads}
+    assert got == {("seg", "index"): ((0, 0), (0, 31)), ("doc", "compare"): ((0, 0), (0, 31)),
+                   ("sb", "value"): ((0, 1), None)}
+    assert [r.use for r in prog.reads] == ["index", "compare", "compare", "value"]    # index tables first
+
+
+def test_exact_ranges_follow_the_band_not_the_interval():
+    spec = ac.Attention(ac.sliding_window(10, 0),
+                        score_mods=(ac.score_mod(lambda s, b, h, q, k, bias: s + bias[h, q - k]),))
+    prog = lower(spec, Dims(1, 2, 300, 300, 16, 16)).program
+    (r,) = prog.reads
+    assert r.bounds == ((0, 1), (-299, 299))
+    assert exact_ranges(prog, r, {}) == ((0, 1), (0, 10))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(a=st.integers(-5, 5), c=st.integers(-5, 5), m=st.integers(1, 7), q=st.integers(1, 7), off=st.integers(-9, 9),
+       kind=st.sampled_from(["mod", "div", "abs", "min", "max"]))
+def test_interval_bounds_are_sound(a, c, m, q, off, kind):
+    """Every value the expression takes over the box lies inside its bound."""
+    x = a * i + c * j + off
+    e = {"mod": sympy.Mod(x, m), "div": S.fdiv(x, q), "abs": sympy.Abs(x), "min": sympy.Min(x, 3 * i - j),
+         "max": sympy.Max(x, m * j)}[kind] * (1 if kind != "div" else 2) + S.fdiv(i, q)
+    box = {i: (2, 11), j: (0, 6)}
+    lo, hi = bound(e, box)
+    vals = evaluate(e, {i: np.arange(2, 12)[:, None], j: np.arange(7)[None, :]})
+    assert lo <= np.min(vals) and np.max(vals) <= hi

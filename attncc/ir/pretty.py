@@ -16,6 +16,8 @@ def format_program(prog):
         lines.append(f"  post: weight -> {_short(p)}")
     if prog.captured:
         lines.append(f"  captured tensors: {', '.join(prog.captured)}")
+    for r in prog.reads:
+        lines.append(f"  {_short(r)}")
     for c in prog.constants:
         lines.append(f"  constant {c.name}: shape {c.array.shape}")
     for p in prog.prologues:

@@ -186,6 +186,26 @@ class Prologue:
 
 
 @dataclass(frozen=True)
+class Read:
+    """One read of a captured tensor by a head group (the reads pass): `source` is the read
+    as written over (b, h, i, j), `index` its indices over the group's local symbols
+    (b, h, g, t, u); `use` says what its values do: "value" (a term of the score or the
+    weights), "compare" (a mask or a comparison), "index" (an index of another tensor);
+    `bounds` the interval bounds (lo, hi) of every index over the group's domain, None where
+    they depend on a captured tensor's values."""
+    name: str
+    group: int
+    source: Any
+    index: tuple
+    use: str
+    bounds: tuple
+
+    def __str__(self):
+        spans = ", ".join("?" if b is None else f"{b[0]}..{b[1]}" for b in self.bounds)
+        return f"read {self.source} ({self.use}) by group {self.group}: indices span [{spans}]"
+
+
+@dataclass(frozen=True)
 class HeadGroup:
     """The heads that share one pattern, its mask and (after the passes) its key source."""
     heads: tuple
@@ -229,6 +249,7 @@ class Program:
     captured: tuple = ()          # names of tensors passed by keyword at call time
     constants: tuple = ()         # ConstTable
     prologues: tuple = ()         # Prologue
+    reads: tuple = ()             # Read of every captured tensor, after the reads pass
     cost: Any = None              # Cost after the cost pass
     dtype: str = "float32"
     target: str = "reference"

@@ -14,9 +14,10 @@ from .classify_blocks import classify_blocks
 from .cost import cost
 from .gather import gather
 from .plan import plan
+from .reads import reads
 from .simplify_masks import simplify_masks
 
-PASSES = (gather, classify_blocks, simplify_masks, plan, cost)
+PASSES = (gather, reads, classify_blocks, simplify_masks, plan, cost)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
 """Validation of a kernel call's tensors at the public boundary."""
+import sympy
 import torch
 
 from ..ir.program import Dims
@@ -86,3 +87,87 @@ def _as_heads_int32(x, H):
     _LAYOUTS.insert(0, (x, x._version, conv))
     del _LAYOUTS[8:]
     return conv
+
+
+INT32 = (-(1 << 31), (1 << 31) - 1)
+NEEDS = {"index": ("an integer", lambda x: not x.is_floating_point() and x.dtype != torch.bool,
+                   "its values index another tensor; cast it with .long()"),
+         "value": ("a floating-point", torch.Tensor.is_floating_point,
+                   "its values are added to the scores or weights; cast it with .float() (an integer table "
+                   "here is often an index, e.g. Swin's relative_position_index, passed for the bias table)")}
+
+
+def _owners(spec, name):
+    parts = [*spec.pattern.leaves(), *spec.score_mods, *spec.post_mods]
+    got = [repr(p) for p in parts if name in getattr(p, "captured", ())]
+    return " and ".join(got) or "the spec"
+
+
+def check_tables(spec, prog, tensors, checked):
+    """Check the captured tensors against what the lowered program reads (the reads pass):
+    dtype for each use, dims, and the extent every index reaches over the pairs the pattern
+    computes, so that no backend clamps a read silently. `checked`: a set of call keys
+    already found valid whose reads do not depend on the tensors' values."""
+    key = (prog.dims, prog.target, tuple((n, tuple(x.shape), x.dtype) for n, x in sorted(tensors.items())))
+    if key in checked:
+        return
+    from ..passes.reads import domain, exact_ranges
+    from ..ir.intervals import bound
+    values, data_dependent = {}, False
+    for r in prog.reads:
+        x = tensors[r.name]
+        if r.use in NEEDS and not NEEDS[r.use][1](x):
+            what, _, fix = NEEDS[r.use]
+            raise TypeError(f"captured tensor {r.name!r} must have {what} dtype, got {x.dtype}: {fix} "
+                            f"(read as {r.source} by {_owners(spec, r.name)})")
+        if x.dim() != len(r.index):
+            raise ValueError(f"captured tensor {r.name!r} has {x.dim()} dims {tuple(x.shape)} but "
+                             f"{_owners(spec, r.name)} reads it with {len(r.index)} indices: {r.source}")
+        if not x.is_floating_point() and r.name not in values and x.numel():
+            lo, hi = (int(v) for v in torch.aminmax(x.to(torch.int32) if x.dtype == torch.bool else x))
+            if lo < INT32[0] or hi > INT32[1]:
+                raise ValueError(f"captured tensor {r.name!r} holds values {lo}..{hi}, beyond int32, which the "
+                                 f"kernels read integer tensors as; remap its values into int32")
+            values[r.name] = (lo, hi)
+    short = {}
+    for r in prog.reads:
+        x = tensors[r.name]
+        spans = r.bounds
+        if any(b is None for b in spans):
+            data_dependent = True
+            box = domain(prog, prog.groups[r.group], values)
+            spans = tuple(bound(ix, box) for ix in r.index)
+        if all(s is not None and 0 <= s[0] and s[1] < n for s, n in zip(spans, x.shape)):
+            continue
+        inner = _index_tables(r)
+        if inner <= set(tensors) | {c.name for c in prog.constants}:     # else: routing tables, the bound stands
+            spans = exact_ranges(prog, r, {n: tensors[n].detach().cpu().numpy() for n in inner & set(tensors)})
+        for dim, (s, n) in enumerate(zip(spans, x.shape)):
+            if s is None:
+                continue
+            if s[0] < 0:
+                raise ValueError(f"captured tensor {r.name!r} is read at negative indices: its index on dim {dim} "
+                                 f"spans {s[0]}..{s[1]} over the pairs the pattern computes (read as {r.source} by "
+                                 f"{_owners(spec, r.name)}); tensors are indexed from 0: shift the index expression")
+            if s[1] >= n:
+                short.setdefault(r.name, {}).setdefault(dim, (s, r))
+                lo, hi = short[r.name][dim][0]
+                short[r.name][dim] = ((min(lo, s[0]), max(hi, s[1])), r)
+    if short:
+        name, dims = next(iter(short.items()))
+        x, d = tensors[name], prog.dims
+        need = list(x.shape)
+        why = []
+        for dim, ((lo, hi), r) in sorted(dims.items()):
+            need[dim] = hi + 1
+            why.append(f"dim {dim} needs at least {hi + 1} entries (its index spans {lo}..{hi}, read as {r.source})")
+        raise ValueError(f"captured tensor {name!r} of shape {tuple(x.shape)} is too small for "
+                         f"{_owners(spec, name)} at B={d.B}, H={d.H}, N={d.N}, M={d.M}: {'; '.join(why)}; pass a "
+                         f"tensor of shape at least {tuple(need)} (a larger one is fine)")
+    if not data_dependent:
+        checked.add(key)
+
+
+def _index_tables(read):
+    """The tensors that a read's indices themselves read."""
+    return {str(x.base.label) for ix in read.index for x in sympy.sympify(ix).atoms(sympy.Indexed)}

@@ -16,7 +16,7 @@ from ..passes.pipeline import lower
 from ..reference import eager
 from . import custom_op
 from .autograd import differentiable
-from .inputs import check_call, layouts
+from .inputs import check_call, check_tables, layouts
 
 BACKENDS = ("auto", "tvm", "triton", "reference")
 TUNE = (False, None, True, "fast", "full")
@@ -102,6 +102,7 @@ class Kernel:
         self._tuned = {}
         self._lowered = {}
         self._compiled = {}
+        self._tables_ok = set()         # call keys whose captured tensors check_tables found valid
         self._last = None
         self._warned = False
         self._op_ref = custom_op.register(self, "k")    # names this kernel to the torch custom op
@@ -177,8 +178,12 @@ class Kernel:
             return custom_op.call(self._op_ref, q, k, v, tensors, return_lse)
         dims, dtype = check_call(self.spec, q, k, v, tensors, return_lse)
         tensors = layouts(self.spec, tensors, dims)
-        if self.backend == "triton" or (self.requested == "auto" and q.device.type == "cuda"
-                                        and "triton" in available()):
+        use_triton = self.backend == "triton" or (self.requested == "auto" and q.device.type == "cuda"
+                                                  and "triton" in available())
+        if tensors:         # every backend clamps table reads: a too-small table must fail here
+            target = triton_target(q.device) if use_triton else None
+            check_tables(self.spec, self.lower(dims, dtype, target).program, tensors, self._tables_ok)
+        if use_triton:
             return self._run_triton(q, k, v, tensors, return_lse, dims, dtype)
         if self.backend == "tvm" and q.device.type != "cpu":
             if self.requested != "auto":

@@ -11,6 +11,12 @@ import sympy
 from ...ir import symbols as S
 
 
+def buffer_name(table):
+    """The kernel parameter of a tensor the expressions read: prefixed, so that a user's name
+    (a captured tensor called `kb`, say) never shadows the generated code's own variables."""
+    return f"tab_{table}"
+
+
 class PrintError(ValueError):
     """An expression the TVM printer cannot express (a user-facing message)."""
 
@@ -124,7 +130,7 @@ class TIRPrinter:
                 raise PrintError(f"tensor {name!r} is not a parameter of this kernel")
             shape, kind = self.tables[name]
             idx = [f"T.max(T.min({self(ix, 'int')}, {n - 1}), 0)" for ix, n in zip(e.indices, shape)]
-            return f"{name}[{', '.join(idx)}]", kind
+            return f"{buffer_name(name)}[{', '.join(idx)}]", kind
         raise PrintError(f"the TVM backend cannot print the operation {type(e).__name__} in {e}")
 
     @staticmethod

@@ -21,7 +21,7 @@ from ..hoist import Hoister, group_invariant
 from .items import _chunk, heads_inner, next_item, prefetch_row, prefetches, query_row, query_tables, task_item
 from .microkernel import mask, pack_tile, pv, qk, skips_atoms
 from .routing import prologue_and_pack, route_param
-from .printer import TIRPrinter
+from .printer import TIRPrinter, buffer_name
 
 
 def _up(x, m):
@@ -250,7 +250,7 @@ def kernel_params(sh, tables, extra=()):
               f"tlist: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
               f"tcls: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
               f"acls: T.Buffer(({sh.table_rows}, {sh.NQA}, {sh.NKA}), \"int32\")"]
-    return params + list(extra) + [f"{n}: T.Buffer({tuple(s)}, \"{dt}\")" for n, (s, _, dt) in tables.items()]
+    return params + list(extra) + [f"{buffer_name(n)}: T.Buffer({tuple(s)}, \"{dt}\")" for n, (s, _, dt) in tables.items()]
 
 
 def open_kernel(sh, tables, what, extra=()):
