@@ -210,14 +210,17 @@ class _Group:
     def normalize(self, s, m, bt):
         sm = s.masked_fill(~m, -float("inf"))
         mx = sm.amax(dim=-1, keepdim=True)
-        mx0 = torch.where(torch.isinf(mx), 0.0, mx)
+        # a fully masked row has max -inf (sum 0, lse -inf, weights 0); a +inf score gives
+        # exp(inf - inf): NaN, as SDPA; a NaN score is not masked and carries its NaN on
+        mx0 = torch.where(mx == -float("inf"), 0.0, mx)
         p = torch.exp(sm - mx0)
         l = p.sum(dim=-1)
-        lse = torch.where(l > 0, mx0[..., 0] + torch.log(torch.where(l > 0, l, 1.0)), -float("inf"))
+        lse = torch.where(l > 0, mx0[..., 0] + torch.log(torch.where(l > 0, l, 1.0)),
+                          torch.where(l == 0, -float("inf"), l))
         if self.prog.norm.kind == "softmax":
             w = p / torch.where(l > 0, l, 1.0)[..., None]
         else:
-            w = torch.sigmoid(s + self.prog.norm.bias) * m
+            w = torch.where(m, torch.sigmoid(s + self.prog.norm.bias), 0.0)
         if self.prog.post:
             env = self.token_env(bt, s.shape[0])
             for post in self.prog.post:

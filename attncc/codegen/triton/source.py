@@ -341,8 +341,9 @@ def generate(prog, grp, sh, tables, route=None):
     if norm.kind == "sigmoid":
         w("if STATS:")
         w.depth += 1
-    # a row with no unmasked key has l_i == 0: its log-sum-exp is -inf
-    w(f"lse_v = tl.where(l_i > 0.0, (m_i + tl.math.log2(tl.maximum(l_i, 1e-30))) * {LN2!r}, NEG_INF)")
+    # a row with no unmasked key has l_i == 0: its log-sum-exp is -inf; a NaN score's row NaN
+    w(f"lse_v = tl.where(l_i > 0.0, (m_i + tl.math.log2(tl.maximum(l_i, 1e-30))) * {LN2!r}, "
+      "tl.where(l_i == 0.0, NEG_INF, l_i))")
     w(f"tl.store(lse + plane * {sh.N} + qtok, lse_v, mask=qok)")
     return module(w)
 
@@ -370,7 +371,7 @@ TANH = '''def _tanh(x):
     z = x * x
     small = x + x * z * ((((-5.70498872745e-3 * z + 2.06390887954e-2) * z - 5.37397155531e-2) * z
                           + 1.33314422036e-1) * z - 3.33332819422e-1)
-    big = 1.0 - 2.0 / (tl.exp(2.0 * tl.minimum(a, 44.0)) + 1.0)
+    big = 1.0 - 2.0 / (tl.exp(2.0 * tl.where(a > 44.0, 44.0, a)) + 1.0)     # NaN stays NaN
     return tl.where(a < 0.625, small, tl.where(x < 0.0, -big, big))
 
 

@@ -11,10 +11,24 @@ _LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4
 _P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
 
 
+def live(s, x):
+    """x where the score s is not masked, else 0. Masked scores are NEG (or -inf); a NaN
+    score is not masked, so x (computed from it) carries the NaN on, as SDPA does."""
+    return T.Select(s <= T.float32(NEG_HALF), T.float32(0), x)
+
+
+def row_lse(mx, sm, log_sm):
+    """A row's log-sum-exp from its max, sum and log(sum): -inf for a fully masked row (sum
+    0), NaN for a row whose scores held a NaN (sum NaN)."""
+    return T.Select(sm > T.float32(0), mx + log_sm,
+                    T.Select(sm == T.float32(0), T.reinterpret("float32", T.int32(-8388608)), sm))
+
+
 def fexp(x):
     """exp(x) in float32 from TIR arithmetic, so LLVM vectorizes it (T.exp on a vector
-    becomes scalar libm calls). Inputs below about -87.3 give exactly 0."""
-    x = T.max(T.min(x, T.float32(88.37626)), T.float32(-88.37626))
+    becomes scalar libm calls). Inputs below about -87.3 give exactly 0; NaN gives NaN (the
+    clamp's constants come first: T.min(a, b) is a < b ? a : b, which would drop a NaN a)."""
+    x = T.max(T.float32(-88.37626), T.min(T.float32(88.37626), x))
     n = T.floor(x * T.float32(_LOG2E) + T.float32(0.5))
     r = x - n * T.float32(_LN2_HI) - n * T.float32(_LN2_LO)
     y = T.float32(_P[0])

@@ -34,12 +34,13 @@ def _phi_elem(name, x, fs="fs[0]"):
     """The feature map of one element `x` (text); focused scales by the row factor `fs`."""
     if name == "elu1":
         return f"T.Select({x} > T.float32(0), {x} + T.float32(1), fexp({x}))"
+    # T.max(a, b) is a > b ? a : b: the constant comes first, so that a NaN x stays NaN
     if name == "relu":
-        return f"T.max({x}, T.float32(0))"
+        return f"T.max(T.float32(0), {x})"
     if name == "identity":
         return x
     if name == "focused":
-        r = f"T.max({x}, T.float32(0))"
+        r = f"T.max(T.float32(0), {x})"
         return f"({r} * {r} * {r} * {fs})"
     raise ValueError(f"unknown feature map {name!r}")
 
@@ -53,11 +54,11 @@ def _phi_row(w, sh, fmap, src, dst, scale="T.float32(1)", via=None):
         w("fs[1] = T.float32(0)")
         w(f"for j in range({sh.D}):")
         with w.block():
-            r = f"T.max({src('j')}, T.float32(0))"
+            r = f"T.max(T.float32(0), {src('j')})"
             w(f"fs[0] = fs[0] + {r} * {r}")
             w(f"fs[1] = fs[1] + {r} * {r} * {r} * {r} * {r} * {r}")
-        w("fs[0] = T.Select(fs[1] > T.float32(0), T.sqrt(fs[0]) / T.sqrt(T.max(fs[1], T.float32(1e-38))), "
-          "T.float32(0))")
+        w("fs[0] = T.Select(fs[1] == T.float32(0), T.float32(0), "
+          "T.sqrt(fs[0]) / T.sqrt(T.max(T.float32(1e-38), fs[1])))")
     row = (lambda j: f"{via}[{j}]") if via else dst
     w(f"for j in T.vectorized({sh.D}):")
     with w.block():
@@ -119,7 +120,7 @@ def _denominator_of_tile(w, sh):
             w("for i in T.vectorized(8):")
             with w.block():
                 sc = "s[r, cc * 8 + i]"
-                w(f"{sc} = T.Select({sc} > T.float32(NEG_HALF), {sc}, T.float32(0))")
+                w(f"{sc} = live({sc}, {sc})")
                 w(f"lanes2[i] = lanes2[i] + {sc}")
         w("den[r] = den[r] + T.Cast(\"float64\", lanes_sum(lanes2, 8))")
 

@@ -79,7 +79,7 @@ def _row(w, prog, sh, gat, norm, P, Ps, residual, D8):
     w("st[1] = T.float32(0)")
     w(f"for u in range({sh.LK}):")
     with w.block():
-        w("st[1] = st[1] + T.Select(s[u] > T.float32(NEG_HALF), fexp(s[u] - st[0]), T.float32(0))")
+        w("st[1] = st[1] + live(s[u], fexp(s[u] - st[0]))")
     if norm.kind == "softmax":
         wexpr = "(fexp(s[u] - st[0]) / st[1])"
     else:
@@ -88,7 +88,7 @@ def _row(w, prog, sh, gat, norm, P, Ps, residual, D8):
     wtext = TIRPrinter(names, P.tables)(_post_chain(prog), "float")
     w(f"for u in range({sh.LK}):")
     with w.block():
-        w(f"s[u] = T.Select(s[u] > T.float32(NEG_HALF), {wtext}, T.float32(0))")
+        w(f"s[u] = live(s[u], {wtext})")
     w(f"for j in T.vectorized({sh.DV}):")
     with w.block():
         w("acc[j] = T.float32(0)")
@@ -100,5 +100,4 @@ def _row(w, prog, sh, gat, norm, P, Ps, residual, D8):
     w(f"for j in T.vectorized({sh.DV}):")
     with w.block():
         w("o[b, h, qtok, j] = acc[j]")
-    w("lse[b, h, qtok] = T.Select(st[1] > T.float32(0), st[0] + T.log(st[1]), "
-      "T.reinterpret(\"float32\", T.int32(-8388608)))")
+    w("lse[b, h, qtok] = row_lse(st[0], st[1], T.log(st[1]))")
