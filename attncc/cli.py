@@ -1,6 +1,6 @@
 """The attncc command line: ``attncc demo``, ``attncc catalogue``, ``attncc explain NAME``,
 ``attncc check-gpu --arch sm_80 sm_90``, ``attncc tune NAME``, ``attncc db list | show | export
-| clear`` (also ``python -m attncc ...``)."""
+| clear``, ``attncc cache info | clear`` (also ``python -m attncc ...``)."""
 import argparse
 import os
 import sys
@@ -10,6 +10,7 @@ import warnings
 import torch
 
 from . import compile as ac_compile
+from .progress import progress_bar
 from .runtime.inputs import check_call
 
 
@@ -98,9 +99,11 @@ def cmd_demo(args):
           "kernels on this CPU), judged against the dense float64 oracle, and timed against its peers.\n",
           flush=True)
     rows = []
-    for n, e in enumerate(entries, 1):
-        demo.bar(n, len(entries), f"compiling and timing {e.name}")
-        rows.append(run_entry(e, args.rounds))
+    with progress_bar(len(entries)) as bar:
+        for e in entries:
+            bar.set_description_str(f"compiling and timing {e.name}")
+            rows.append(run_entry(e, args.rounds))
+            bar.update()
     print(catalogue_table(rows))
     for r in rows:
         if r["fallback"]:
@@ -169,7 +172,6 @@ def cmd_check_gpu(args):
     import os
     from concurrent.futures import ProcessPoolExecutor
     from attncc.codegen.triton.backend import unsupported
-    from .demo import bar
     from attncc.ops import CATALOGUE
     from .passes.canonicalize import canonicalize
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")      # triton 3.9's default, without its warning
@@ -187,9 +189,11 @@ def cmd_check_gpu(args):
           f"{len(args.dtype)} dtypes x {len(args.head_dim)} head dims) with triton.compile and a GPUTarget, "
           f"{args.jobs} at a time\n", flush=True)
     rows = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for k, got in enumerate(pool.map(gpu_job, *zip(*jobs)), 1):
-            bar(k, len(jobs), f"{got[0]['name']} {got[0]['arch']} {got[0]['dtype']} d{got[0]['hd']}")
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool, progress_bar(len(jobs)) as bar:
+        for got in pool.map(gpu_job, *zip(*jobs)):
+            bar.set_description_str(f"{got[0]['name']} {got[0]['arch']} {got[0]['dtype']} d{got[0]['hd']}",
+                                    refresh=False)
+            bar.update()
             rows.extend(got)
     print(gpu_table(rows))
     failed = [r for r in rows if r["error"]]
@@ -197,6 +201,24 @@ def cmd_check_gpu(args):
         print(f"not compiled (unsupported by the Triton backend): {s}")
     print(f"\n{len(rows) - len(failed)} of {len(rows)} kernels compiled and fit; {len(failed)} failed")
     return 1 if failed else 0
+
+
+def cmd_cache(args):
+    """Show (info) or empty (clear) the cache folders: all, or those picked by --tvm/--triton/--tune."""
+    from . import cachedir
+    names = [n for n in cachedir.FOLDERS if getattr(args, n)] or list(cachedir.FOLDERS)
+    print(f"attncc cache: {cachedir.root()} (ATTNCC_CACHE_DIR moves it)")
+    if args.action == "info":
+        for name, path, files, size in cachedir.usage(names):
+            print(f"{name:<7} {path}: {files} file(s), {size / 2**20:.1f} MiB ({size} bytes)")
+    else:
+        for name, path, files in cachedir.clear(names):
+            print(f"{name:<7} {path}: removed {files} file(s)")
+    db = os.environ.get("ATTNCC_TUNE_DB")
+    if "tune" in names and db:
+        print(f"note: the tuning records in ATTNCC_TUNE_DB={db} are not in the cache folder; "
+              "`attncc db list` shows them and `attncc db clear` removes them")
+    return 0
 
 
 def main(argv=None):
@@ -225,6 +247,13 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", help="catalogue entries to compile (default: all the backend serves)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles in parallel")
     p.set_defaults(fn=cmd_check_gpu)
+    p = sub.add_parser("cache", help="show (info) or empty (clear) attncc's caches: compiled TVM kernels, "
+                                     "generated Triton sources, tuning records")
+    p.add_argument("action", choices=["info", "clear"])
+    for name, what in (("tvm", "the compiled TVM kernels"), ("triton", "the generated Triton kernel sources"),
+                       ("tune", "the tuner's records")):
+        p.add_argument(f"--{name}", action="store_true", help=f"only {what} (default: every cache)")
+    p.set_defaults(fn=cmd_cache)
     from .tune.cli import add_parsers as add_tune_parsers
     add_tune_parsers(sub)
     args = ap.parse_args(argv)

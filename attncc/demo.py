@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .progress import progress_bar
+
 _TV_LIB = None
 
 
@@ -111,32 +113,24 @@ def interleaved(calls, rounds, min_time=0.2, per_round=False):
     return res if per_round else {name: statistics.median(v) for name, v in res.items()}
 
 
-def bar(k, n, label, stream=sys.stderr, width=24):
-    """A progress bar line (rewritten in place on a terminal)."""
-    fill = width * k // max(1, n)
-    line = f"[{'#' * fill}{'.' * (width - fill)}] {k}/{n} {label}"
-    tty = getattr(stream, "isatty", lambda: False)()
-    stream.write(("\r" + line + "\x1b[K" + ("\n" if k == n else "")) if tty else line + "\n")
-    stream.flush()
-
-
 def _warm_with_progress(model, x, names, what, stream):
     """One forward pass of the swapped model (its kernels compile on first use), a bar step
     per swapped module as it finishes."""
     mods = dict(model.named_modules())
-    done, hooks = [], []
+    bar, hooks = progress_bar(len(names), stream=stream), []
     for name in names:
         def pre(m, *a, name=name):
             m._demo_t0 = time.perf_counter()
 
         def post(m, *a, name=name):
-            done.append(name)
-            bar(len(done), len(names), f"{what}: {name} ({time.perf_counter() - m._demo_t0:.1f} s)", stream)
+            bar.set_description_str(f"{what}: {name} ({time.perf_counter() - m._demo_t0:.1f} s)", refresh=False)
+            bar.update()
         hooks += [mods[name].register_forward_pre_hook(pre), mods[name].register_forward_hook(post)]
     try:
         with torch.no_grad():
             model(x)
     finally:
+        bar.close()
         for h in hooks:
             h.remove()
 
@@ -201,18 +195,19 @@ def compare(model, batch=8, rounds=3, backend="auto", layer_rounds=None, stream=
     inputs = _layer_inputs(orig, x, model.layers)
     a_mods, b_mods = dict(orig.named_modules()), dict(new.named_modules())
     layers = []
-    with torch.no_grad():
-        for k, name in enumerate(model.layers, 1):
-            bar(k, len(model.layers), f"timing {name}", stream)
+    with torch.no_grad(), progress_bar(len(model.layers) + 1, stream=stream) as bar:
+        for name in model.layers:
+            bar.set_description_str(f"timing {name}")
             t = interleaved({"before": lambda: a_mods[name](*inputs[name]),
                              "after": lambda: b_mods[name](*inputs[name])}, layer_rounds or rounds, 0.1)
             layers.append((name, t["before"], t["after"]))
-        bar(0, 1, "timing end to end", stream)
+            bar.update()
+        bar.set_description_str("timing end to end")
         calls = {"before": lambda: orig(x), "after": lambda: new(x)}
         others = extra(new) if extra else {}
         calls.update({name: (lambda m=m: m(x)) for name, m in others.items()})
         t = interleaved(calls, rounds, 0.5, per_round=True)
-        bar(1, 1, "timing end to end", stream)
+        bar.update()
     med = {name: statistics.median(v) for name, v in t.items()}
     return Comparison(model.name, report, diff, equal, layers, med["before"], med["after"], new,
                       {name: med[name] for name in others}, [b / a for b, a in zip(t["before"], t["after"])])

@@ -4,6 +4,7 @@ corruption, version mismatch, concurrent writers, ac.compile(tune=...) and the C
 Real TVM compiles and real timing, at tiny shapes with few candidates."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -323,16 +324,17 @@ def test_cli_ctrl_c_keeps_the_best_found(tmp_path):
     path = tmp_path / "records.json"
     env = dict(os.environ, ATTNCC_TUNE_DB=str(path))
     p = subprocess.Popen([str(VENV_BIN / "attncc"), "tune", "causal", "--shape", "1,1,64,16", "--mode", "full"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     seen = ""
     deadline = time.time() + 240
-    while time.time() < deadline:          # wait until two candidates are measured
-        line = p.stderr.readline()
-        seen += line
-        if line.startswith("tuning [") and " 2/" in line:
+    while time.time() < deadline:          # wait until the progress bar shows two candidates measured
+        chunk = os.read(p.stderr.fileno(), 4096).decode(errors="replace")
+        seen += chunk
+        # the bar's states are separated by carriage returns (tqdm) into a pipe
+        if not chunk or any(s.startswith("tuning [") and " 2/" in s for s in re.split("[\r\n]", seen)):
             break
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
+    out, err = (x.decode() for x in p.communicate(timeout=120))
     assert p.returncode == 0, seen + err
     assert "interrupted: kept the best found" in out
     rec, = json.loads(path.read_text())["records"]

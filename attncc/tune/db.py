@@ -2,34 +2,29 @@
 hash), shape, dtype, target and device fingerprint.
 
 A file holds {"format": "attncc-schedules", "records": [...]}. User records live in
-<cache>/tune/records.json (ATTNCC_CACHE_DIR, else $XDG_CACHE_HOME/attncc or ~/.cache/attncc;
-ATTNCC_TUNE_DB names the file itself); shipped records in the package attncc.schedules
-(schedules/*.json). A lookup tries the exact shape, then the shape bucket (sequence lengths
-rounded up to powers of two, head dims exact), in the user's records before the shipped ones;
-None means "use the default plan". Writes take a file lock and replace the file atomically,
-so processes tuning at once lose nothing. A corrupt file or record, or one written by another
-attncc version, is ignored with a DatabaseWarning, never trusted.
+<cache>/tune/records.json (<cache> is attncc.cachedir.root(): ATTNCC_CACHE_DIR, else the user's
+cache directory, ~/.cache/attncc on Linux; ATTNCC_TUNE_DB names the file itself); shipped
+records in the package attncc.schedules (schedules/*.json). A lookup tries the exact shape,
+then the shape bucket (sequence lengths rounded up to powers of two, head dims exact), in the
+user's records before the shipped ones; None means "use the default plan". Writes take a file
+lock (filelock) and replace the file atomically, so processes tuning at once lose nothing. A
+corrupt file (truncated, empty, not even text) or record, or one written by another attncc
+version, is ignored with a DatabaseWarning, never trusted; the next write moves a corrupt file
+aside.
 """
-import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .. import cachedir
 from ..ir.plan import TilePlan
 from ..ir.program import Dims
 from ..version import __version__
-
-try:
-    import fcntl
-except ImportError:         # Windows
-    fcntl = None
-    import msvcrt
 
 FORMAT = "attncc-schedules"
 REQUIRED = {"attncc": str, "workload": str, "target": str, "device": str, "dtype": str, "shape": list,
@@ -40,14 +35,9 @@ class DatabaseWarning(UserWarning):
     """A record or file of the schedule database was ignored (corrupt, or from another version)."""
 
 
-def cache_root():
-    return Path(os.environ.get("ATTNCC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "attncc"))
-
-
 def user_path():
     """The user's database file."""
-    return Path(os.environ.get("ATTNCC_TUNE_DB") or cache_root() / "tune" / "records.json")
+    return Path(os.environ.get("ATTNCC_TUNE_DB") or cachedir.root() / "tune" / "records.json")
 
 
 def shipped_paths():
@@ -139,11 +129,11 @@ class Hit:
 def _read(path, warn=True):
     """The records of a file ([] when it is absent); a corrupt file warns and reads as []."""
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except FileNotFoundError:
         return [], None
     try:
-        data = json.loads(text)
+        data = json.loads(text.decode())      # bytes that are not UTF-8 are corrupt too (a ValueError)
         if not (isinstance(data, dict) and data.get("format") == FORMAT and isinstance(data.get("records"), list)):
             raise ValueError(f'expected {{"format": "{FORMAT}", "records": [...]}}')
     except ValueError as e:
@@ -218,41 +208,14 @@ class Database:
                 return Hit(tuple(TilePlan(**p) for p in rec["plans"]), rec, "bucket", self.path)
         return None
 
-    @contextlib.contextmanager
-    def _locked(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a+b") as f:
-            if fcntl is not None:
-                fcntl.flock(f, fcntl.LOCK_EX)
-            else:
-                msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
-            try:
-                yield
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(f, fcntl.LOCK_UN)
-                else:
-                    f.seek(0)
-                    msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-
     def _write(self, records):
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"format": FORMAT, "records": records}, f, indent=1, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)          # atomic: readers see the old file or the new one
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        text = json.dumps({"format": FORMAT, "records": records}, indent=1, sort_keys=True) + "\n"
+        cachedir.write_atomic(self.path, text)      # readers see the old file or the new one
 
     def _modify(self, change):
         if self.readonly:
             raise PermissionError(f"{self} is read-only (shipped records); write to the user database")
-        with self._locked():
+        with cachedir.lock(self.path):
             raw, corrupt = _read(self.path, warn=False)
             if corrupt:
                 aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..passes.pipeline import lower
+from ..progress import progress_bar
 from .build import BUILDERS, GPU_TARGETS, make_inputs, need_gpu, plan_label, triton_build, tvm_build  # noqa: F401
 from .db import lookup, make_record, user_database, workload_hash
 from .runner import Bench, make_runner, time_call, time_cuda  # noqa: F401  (bench/tune.py)
@@ -97,29 +98,10 @@ def _precompile(spec, dims, dtype, tensors, plans, target):
         return 0.0, f"{type(e).__name__}: {e}"
 
 
-class Progress:
-    """One status line on stderr: candidates done, the best time so far and its plan."""
-
-    def __init__(self, total, stream=None, enabled=True, target="tvm"):
-        self.total, self.stream, self.enabled, self.target = total, stream or sys.stderr, enabled, target
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.t0 = time.perf_counter()
-
-    def update(self, done, best, note=""):
-        if not self.enabled:
-            return
-        width = 20
-        fill = int(width * done / max(1, self.total))
-        best_s = f"best {best.seconds * 1e3:.3f} ms ({plan_label(best.plans, self.target)})" if best else "best -"
-        line = (f"tuning [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} {best_s} "
-                f"{time.perf_counter() - self.t0:.0f}s {note}")
-        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self):
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+def _status(best, target, note=""):
+    """The progress bar's label: the best time so far and its plan, and what just happened."""
+    best_s = f"best {best.seconds * 1e3:.3f} ms ({plan_label(best.plans, target)})" if best else "best -"
+    return f"{best_s} {note}".rstrip()
 
 
 def _check_budget(budget_s, trials):
@@ -211,8 +193,9 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
         pool_ok = jobs > 1 and not gpu and _picklable(spec, tensors)
     else:
         pool_ok = False
-    bar = Progress(len(cands), enabled=(sys.stderr.isatty() if progress is None else bool(progress)),
-                   stream=progress if hasattr(progress, "write") else None, target=target)
+    bar = progress_bar(len(cands), prefix="tuning ", label=_status(None, target),
+                       enabled=sys.stderr.isatty() if progress is None else bool(progress),
+                       stream=progress if hasattr(progress, "write") else None, width=20)
     done, fns, pending, interrupted = [], {}, {}, False
     best = None
     pool = (ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
@@ -255,7 +238,9 @@ def tune(spec, dims, dtype="float32", tensors=None, *, mode="fast", budget_s=Non
             fns[t.plans] = fn
             if best is None or t.seconds < best.seconds:
                 best = t
-        bar.update(len(done), best, "" if t.ok else f"rejected {plan_label(t.plans, target)}: {t.failure[:80]}")
+        bar.set_description_str(_status(best, target, "" if t.ok else
+                                         f"rejected {plan_label(t.plans, target)}: {t.failure[:80]}"), refresh=False)
+        bar.update()
         if ctrl_c.hit:
             raise KeyboardInterrupt
 

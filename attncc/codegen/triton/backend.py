@@ -13,15 +13,15 @@ reliably.
 import contextlib
 import hashlib
 import importlib.util
-import os
 import sys
 import threading
 import time
-from pathlib import Path
+import warnings
 
 import numpy as np
 import torch
 
+from ... import cachedir
 from ...ir import symbols as S
 from ...ir.program import FULL
 from ...version import __version__
@@ -80,14 +80,27 @@ def as_table(x, device):
 
 
 def cache_dir():
-    root = os.environ.get("ATTNCC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "attncc")
-    path = Path(root) / "triton"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return cachedir.folder("triton")
 
 
 _MODULES = {}
+
+
+def write_source(path, source):
+    """Make `path` hold exactly `source`: written when missing; a file that differs (truncated,
+    overwritten) is rewritten, with a CacheWarning. Atomic: concurrent processes see a whole file."""
+    want = source.encode()
+    try:
+        have = path.read_bytes()
+    except FileNotFoundError:
+        have = None
+    if have == want:
+        return
+    if have is not None:
+        warnings.warn(f"attncc: the cached Triton kernel source {path} does not match the generated source "
+                      f"({len(have)} bytes, expected {len(want)}: truncated or overwritten); rewrote it",
+                      cachedir.CacheWarning, stacklevel=4)
+    cachedir.write_atomic(path, want)
 
 
 def load_source(source):
@@ -97,10 +110,7 @@ def load_source(source):
     fn = _MODULES.get(key)
     if fn is None:
         path = cache_dir() / f"attncc_triton_{key}.py"
-        if not path.exists() or path.read_text() != source:
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(source)
-            os.replace(tmp, path)           # atomic: concurrent processes never see half a file
+        write_source(path, source)
         name = f"attncc_triton_{key}"
         spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)

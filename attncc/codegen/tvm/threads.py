@@ -17,6 +17,8 @@ import subprocess
 import warnings
 from pathlib import Path
 
+from ... import cachedir
+
 _SOURCE = r"""
 #include <omp.h>
 typedef struct { void *sync_handle; int num_task; } attncc_penv;
@@ -54,17 +56,31 @@ def _torch_openmp():
 
 
 def _build(cache):
+    """The launcher library in the cache folder, compiled once (with its checksum, like the
+    kernels: a truncated library would crash the process that loads it)."""
     cc = os.environ.get("CC", "gcc")
-    key = hashlib.sha256((_SOURCE + cc).encode()).hexdigest()[:16]
+    key = hashlib.sha256((_SOURCE + cc + "+sha256").encode()).hexdigest()[:16]
     so = cache / f"omp_launch_{key}.so"
-    if not so.exists():
-        src = cache / f"omp_launch_{key}.{os.getpid()}.c"
-        src.write_text(_SOURCE)
-        tmp = cache / f"omp_launch_{key}.{os.getpid()}.so"
-        subprocess.run([cc, "-O2", "-shared", "-fPIC", "-fopenmp", str(src), "-o", str(tmp)], check=True,
-                       capture_output=True, text=True, timeout=120)
-        os.replace(tmp, so)
-        src.unlink()
+    if so.exists() and cachedir.verify(so) is None:     # published whole: reading needs no lock
+        return so
+    with cachedir.lock(so):
+        why = cachedir.verify(so) if so.exists() else None
+        if why:
+            cachedir.remove(so)
+            warnings.warn(f"attncc: the cached OpenMP launcher {so} is unusable ({why}); removed it and "
+                          "compiling it again", cachedir.CacheWarning, stacklevel=4)
+        if not so.exists():
+            src = cache / f"omp_launch_{key}.{os.getpid()}.c"
+            tmp = cache / f"omp_launch_{key}.{os.getpid()}.tmp.so"
+            try:
+                src.write_text(_SOURCE)
+                subprocess.run([cc, "-O2", "-shared", "-fPIC", "-fopenmp", str(src), "-o", str(tmp)], check=True,
+                               capture_output=True, text=True, timeout=120)
+                cachedir.publish(tmp, so)
+            finally:
+                for p in (src, tmp):
+                    if p.exists():
+                        p.unlink()
     return so
 
 
