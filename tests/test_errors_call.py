@@ -276,3 +276,19 @@ def test_tvm_backend_with_tensors_off_the_cpu():
     with pytest.raises(ValueError, match=re.escape("backend='tvm' generates CPU kernels but q is on meta; move the "
                                                    "tensors to the CPU or use backend='reference'")):
         ac.compile(ac.Attention(), backend="tvm")(q, q, q)
+
+
+# --------------------------------------------------------------------------------------------
+# resources (attncc/passes/resources.py)
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["reference", "tvm"])
+def test_tables_that_cannot_fit_memory_fail_before_allocating(backend):
+    """4M tokens, causal: the block classification would need 640 GiB; it fails at once."""
+    q = torch.randn(1, 1, 1 << 22, 8)
+    with pytest.raises(MemoryError, match=re.escape(
+            "attncc: the block classification of N=4194304 queries against M=4194304 keys (1 x 262144 x 262144 "
+            "tiles of 16 x 16: classes and pair counts) needs 640.0 GiB, more than the ")) as err:
+        ac.compile(ac.Attention(ac.causal()), backend=backend)(q, q, q)
+    assert str(err.value).endswith("GiB of memory available; call the kernel on shorter sequences (the tables "
+                                   "grow with N x M / 256 for a dense key source)")

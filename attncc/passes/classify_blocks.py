@@ -13,6 +13,7 @@ import sympy
 from ..ir import symbols as S
 from ..ir.evaluate import evaluate
 from ..ir.program import EMPTY, FULL, PARTIAL, BlockMap
+from .resources import reserve
 
 SLAB_ELEMENTS = 1 << 22
 
@@ -81,6 +82,11 @@ def classify_blocks(prog):
     for k, grp in enumerate(prog.groups):
         gat = grp.gather
         aq, ak = atom(gat.Lq), atom(gat.Lk)
+        shape = (gat.G, -(-gat.Lq // aq), -(-gat.Lk // ak))
+        d = prog.dims
+        reserve(int(np.prod(shape)) * 10, f"the block classification of N={d.N} queries against M={d.M} keys "
+                f"({' x '.join(map(str, shape))} tiles of {aq} x {ak}: classes and pair counts)",
+                "call the kernel on shorter sequences (the tables grow with N x M / 256 for a dense key source)")
         classes = np.full((gat.G, -(-gat.Lq // aq), -(-gat.Lk // ak)), EMPTY, dtype=np.int8)
         static_classes = classes.copy()
         pairs = np.zeros(classes.shape, dtype=np.int64)
