@@ -149,3 +149,16 @@ def test_routed_key_table_named_like_a_kernel_variable(backend):
     check_against_oracle(spec, q, k, v, {"kb": torch.randn(2, 64)}, backend=backend)
     with pytest.raises(ValueError, match=re.escape("captured tensor 'kb' of shape (2, 63) is too small")):
         call(spec, backend, q, k, v, kb=torch.randn(2, 63))
+
+
+def test_sparse_table():
+    with pytest.raises(TypeError, match=re.escape("captured tensor 'rpb' is a torch.sparse_coo tensor; attncc reads "
+                                                  "dense (strided) tensors: pass rpb.to_dense()")):
+        call(swin(), "reference", *qkv(), rpb=torch.randn(49, 2).to_sparse())
+
+
+def test_sparse_query():
+    q, k, v = qkv()
+    with pytest.raises(TypeError, match=re.escape("q is a torch.sparse_coo tensor; attncc reads dense (strided) "
+                                                  "tensors: pass q.to_dense()")):
+        call(swin(), "reference", q.to_sparse(), k, v, rpb=torch.randn(49, 2))

@@ -11,6 +11,8 @@ def check_call(spec, q, k, v, tensors, return_lse):
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.layout != torch.strided:
+            raise TypeError(f"{name} is a {x.layout} tensor; attncc reads dense (strided) tensors: pass {name}.to_dense()")
         if x.dim() != 4:
             raise ValueError(f"{name} must be 4-D [B, H, tokens, head_dim], got shape {tuple(x.shape)}; "
                              "reshape [B, N, H*d] inputs to [B, H, N, d] first")
@@ -43,6 +45,11 @@ def check_call(spec, q, k, v, tensors, return_lse):
             raise TypeError(f"captured tensor {n!r} must be a torch.Tensor, got {type(x).__name__}")
         if x.device != q.device:
             raise ValueError(f"captured tensor {n!r} is on {x.device} but q is on {q.device}")
+        if x.layout != torch.strided:
+            raise TypeError(f"captured tensor {n!r} is a {x.layout} tensor; attncc reads dense (strided) tensors: "
+                            f"pass {n}.to_dense()")
+        if x.is_complex():
+            raise TypeError(f"captured tensor {n!r} has the complex dtype {x.dtype}; attncc reads real tensors")
     if return_lse and spec.normalizer.__class__.__name__ == "Linear":
         raise ValueError("return_lse=True: linear attention has no log-sum-exp (it never forms scores); "
                          "drop return_lse or use softmax/sigmoid")
