@@ -162,3 +162,11 @@ def test_sparse_query():
     with pytest.raises(TypeError, match=re.escape("q is a torch.sparse_coo tensor; attncc reads dense (strided) "
                                                   "tensors: pass q.to_dense()")):
         call(swin(), "reference", q.to_sparse(), k, v, rpb=torch.randn(49, 2))
+
+
+@pytest.mark.parametrize("backend", ["reference", "tvm"])
+def test_index_table_itself_too_short(backend):
+    """The inner table is checked first: the error names seg, not a failure evaluating sb's index."""
+    spec = ac.Attention(ac.causal(), score_mods=(ac.score_mod(lambda s, b, h, q, k, seg, sb: s + sb[h, seg[b, q]]),))
+    with pytest.raises(ValueError, match=re.escape("captured tensor 'seg' of shape (1, 63) is too small")):
+        call(spec, backend, *qkv(), seg=torch.zeros(1, 63, dtype=torch.long), sb=torch.randn(2, 4))

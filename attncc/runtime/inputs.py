@@ -118,9 +118,19 @@ def check_tables(spec, prog, tensors, checked):
     key = (prog.dims, prog.target, tuple((n, tuple(x.shape), x.dtype) for n, x in sorted(tensors.items())))
     if key in checked:
         return
-    from ..passes.reads import domain, exact_ranges
-    from ..ir.intervals import bound
-    values, data_dependent = {}, False
+    values = _check_kinds(spec, prog, tensors)
+    data_dependent = False
+    for r in prog.reads:            # tensors whose values index others come first
+        data_dependent |= any(b is None for b in r.bounds)
+        _check_extent(spec, prog, r, tensors, values)
+    if not data_dependent:
+        checked.add(key)
+
+
+def _check_kinds(spec, prog, tensors):
+    """Dtype per use and dims of every read; the value range of every integer tensor read
+    (name -> (lo, hi)), which must fit int32."""
+    values = {}
     for r in prog.reads:
         x = tensors[r.name]
         if r.use in NEEDS and not NEEDS[r.use][1](x):
@@ -136,43 +146,40 @@ def check_tables(spec, prog, tensors, checked):
                 raise ValueError(f"captured tensor {r.name!r} holds values {lo}..{hi}, beyond int32, which the "
                                  f"kernels read integer tensors as; remap its values into int32")
             values[r.name] = (lo, hi)
-    short = {}
-    for r in prog.reads:
-        x = tensors[r.name]
-        spans = r.bounds
-        if any(b is None for b in spans):
-            data_dependent = True
-            box = domain(prog, prog.groups[r.group], values)
-            spans = tuple(bound(ix, box) for ix in r.index)
-        if all(s is not None and 0 <= s[0] and s[1] < n for s, n in zip(spans, x.shape)):
-            continue
-        inner = _index_tables(r)
-        if inner <= set(tensors) | {c.name for c in prog.constants}:     # else: routing tables, the bound stands
-            spans = exact_ranges(prog, r, {n: tensors[n].detach().cpu().numpy() for n in inner & set(tensors)})
-        for dim, (s, n) in enumerate(zip(spans, x.shape)):
-            if s is None:
-                continue
-            if s[0] < 0:
-                raise ValueError(f"captured tensor {r.name!r} is read at negative indices: its index on dim {dim} "
-                                 f"spans {s[0]}..{s[1]} over the pairs the pattern computes (read as {r.source} by "
-                                 f"{_owners(spec, r.name)}); tensors are indexed from 0: shift the index expression")
-            if s[1] >= n:
-                short.setdefault(r.name, {}).setdefault(dim, (s, r))
-                lo, hi = short[r.name][dim][0]
-                short[r.name][dim] = ((min(lo, s[0]), max(hi, s[1])), r)
-    if short:
-        name, dims = next(iter(short.items()))
-        x, d = tensors[name], prog.dims
-        need = list(x.shape)
-        why = []
-        for dim, ((lo, hi), r) in sorted(dims.items()):
-            need[dim] = hi + 1
-            why.append(f"dim {dim} needs at least {hi + 1} entries (its index spans {lo}..{hi}, read as {r.source})")
-        raise ValueError(f"captured tensor {name!r} of shape {tuple(x.shape)} is too small for "
-                         f"{_owners(spec, name)} at B={d.B}, H={d.H}, N={d.N}, M={d.M}: {'; '.join(why)}; pass a "
+    return values
+
+
+def _check_extent(spec, prog, r, tensors, values):
+    """Every index of read `r` inside its tensor: the interval bounds when they prove it (with
+    the call's value ranges where the indices read other tensors), else the exact ranges over
+    the pairs the pattern computes."""
+    from ..ir.intervals import bound
+    from ..passes.reads import domain, exact_ranges
+    x = tensors[r.name]
+    spans = r.bounds
+    if any(b is None for b in spans):
+        box = domain(prog, prog.groups[r.group], values)
+        spans = tuple(bound(ix, box) for ix in r.index)
+    if all(s is not None and 0 <= s[0] and s[1] < n for s, n in zip(spans, x.shape)):
+        return
+    inner = _index_tables(r)
+    if inner <= set(tensors) | {c.name for c in prog.constants}:     # else: routing tables, the bound stands
+        spans = exact_ranges(prog, r, {n: tensors[n].detach().cpu().numpy() for n in inner & set(tensors)})
+    need, why = list(x.shape), []
+    for dim, (s, n) in enumerate(zip(spans, x.shape)):
+        if s is not None and s[0] < 0:
+            raise ValueError(f"captured tensor {r.name!r} is read at negative indices: its index on dim {dim} "
+                             f"spans {s[0]}..{s[1]} over the pairs the pattern computes (read as {r.source} by "
+                             f"{_owners(spec, r.name)}); tensors are indexed from 0: shift the index expression")
+        if s is not None and s[1] >= n:
+            need[dim] = s[1] + 1
+            why.append(f"dim {dim} needs at least {s[1] + 1} entries (its index spans {s[0]}..{s[1]}, read as "
+                       f"{r.source})")
+    if why:
+        d = prog.dims
+        raise ValueError(f"captured tensor {r.name!r} of shape {tuple(x.shape)} is too small for "
+                         f"{_owners(spec, r.name)} at B={d.B}, H={d.H}, N={d.N}, M={d.M}: {'; '.join(why)}; pass a "
                          f"tensor of shape at least {tuple(need)} (a larger one is fine)")
-    if not data_dependent:
-        checked.add(key)
 
 
 def _index_tables(read):
