@@ -133,7 +133,8 @@ def prepare(prog, bench):
     """The Job of a TVMProgram on the tuner's inputs: the arguments its __call__ passes each
     group kernel, for compact q, k, v and output (the kernels without the strides variant)."""
     from ..codegen.tiles import RuntimeLayout
-    from ..codegen.tvm.backend import as_table, operand, output_like
+    from ..codegen.captured import as_table
+    from ..codegen.tvm.backend import operand, output_like
     q, k, v = bench.q, bench.k, bench.v
     qf, kf, vf = (operand(x) for x in (q, k, v))
     B, H, N, _ = q.shape

@@ -25,6 +25,7 @@ from ... import cachedir
 from ...ir import symbols as S
 from ...ir.program import FULL
 from ...version import __version__
+from ..captured import as_table, kinds, param
 from ..tiles import RuntimeLayout, tile_tables
 from ..routes import route_of, routed_tables
 from .linear import ROWS, generate_linear, linear_tables, value_block
@@ -66,17 +67,7 @@ def sweep_tables(grp):
 
 def table_meta(prog, tensors):
     """IR table name -> (kernel parameter, shape, kind) for captured tensors and constants."""
-    meta = {}
-    for name, x in tensors.items():
-        meta[name] = (f"tab_{name}", tuple(x.shape), "float" if x.is_floating_point() else "int")
-    for c in prog.constants:
-        meta[c.name] = (f"tab_{c.name}", tuple(c.array.shape), "int")
-    return meta
-
-
-def as_table(x, device):
-    x = x.to(device)
-    return (x.to(torch.float32) if x.is_floating_point() else x.to(torch.int32)).contiguous()
+    return {n: (param(n), shape, kind) for n, (shape, kind) in kinds(prog, tensors).items()}
 
 
 def cache_dir():

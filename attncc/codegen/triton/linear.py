@@ -30,8 +30,9 @@ from ...ir import symbols as S
 from ...ir.program import FULL, PARTIAL
 from ..hoist import Hoister
 from ..tiles import tile_tables
+from ..writer import SourceWriter
 from .printer import TritonPrinter
-from .source import KERNEL, _and, _load_mask, _Writer, atom_classes, decode_pid, hoisted, module, query_tile
+from .source import KERNEL, _and, _load_mask, atom_classes, decode_pid, hoisted, module, query_tile
 
 
 
@@ -135,7 +136,7 @@ def states_source(prog, grp, sh, tables):
     gat, NK = grp.gather, -(-sh.LK // sh.BN)
     dvb = value_block(sh)[0]
     Pk = _printer(tables).with_names({S.u: ("u", "int")})
-    w = _Writer()
+    w = SourceWriter()
     w(f"def {KERNEL}({_params(tables, 'k', 'v', 'heads', 'st', 'zt')}):")
     w.depth += 1
     _decode(w, sh, "kb", NK)
@@ -152,7 +153,7 @@ def states_source(prog, grp, sh, tables):
 
 def prefix_source(sh):
     NK, rows = -(-sh.LK // sh.BN), min(ROWS, sh.DP)
-    w = _Writer()
+    w = SourceWriter()
     w(f"def {KERNEL}(st, zt, pst, pzt):")
     w.depth += 1
     w("pid = tl.program_id(0)")
@@ -189,7 +190,7 @@ def apply_source(prog, grp, sh, tables):
     ac = atom_classes(sh) if coarse else None
     pair_ok = (f"(ac == {FULL})" + (f" | ((ac == {PARTIAL}) & {res_text})" if res_text else "")) if coarse else res_text
 
-    w = _Writer()
+    w = SourceWriter()
     params = _params(tables, "q", "k", "v", "o", "heads", "tcnt", "tlist", "tcls", "acls", "st", "zt", "pst", "pzt")
     w(f"def {KERNEL}({params}):")
     w.depth += 1

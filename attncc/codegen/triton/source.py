@@ -25,6 +25,7 @@ from ...ir import symbols as S
 from ...ir.program import FULL, PARTIAL
 from ..hoist import Hoister
 from ..routes import COL, REG
+from ..writer import SourceWriter
 from .printer import TritonPrinter
 
 NEG = -1.0e30          # the running max's start: finite, so masked scores (-inf) give exp(-inf - NEG) = 0
@@ -84,26 +85,6 @@ def group_shape(prog, grp, kmax, tg=0):
                       LK=gat.Lk, BM=plan.block_m, BN=plan.block_n, NQ=-(-gat.Lq // plan.block_m), KMAX=kmax,
                       AQ=aq, AK=ak, NQA=-(-gat.Lq // aq), NKA=-(-gat.Lk // ak), BMP=pow2(plan.block_m),
                       BNP=pow2(plan.block_n), DP=pow2(d.d), DVP=pow2(d.dv), TG=tg)
-
-
-class _Writer:
-    def __init__(self):
-        self.lines = []
-        self.depth = 0
-
-    def __call__(self, line):
-        self.lines.append("    " * self.depth + line)
-
-    def block(self):
-        w = self
-
-        class _B:
-            def __enter__(self):
-                w.depth += 1
-
-            def __exit__(self, *a):
-                w.depth -= 1
-        return _B()
 
 
 def decode_pid(w, sh, inner, count, pid=None):
@@ -218,7 +199,7 @@ def generate(prog, grp, sh, tables, route=None):
     else:
         ac, pair_ok = None, res_text
 
-    w = _Writer()
+    w = SourceWriter()
     w(f"def {KERNEL}(" + ", ".join(kernel_params(tables, route is not None)) + "):")
     w.depth += 1
     decode_pid(w, sh, "qi", sh.NQ)

@@ -11,6 +11,7 @@ from .build import compile_source
 from .linear import generate_linear
 from .per_query import generate_per_query
 from ..tiles import RuntimeLayout, tile_tables
+from ..captured import as_table, kinds
 from ..routes import route_of, routed_tables
 from .source import GroupShape, generate, group_shape
 
@@ -47,17 +48,8 @@ def check(prog):
 
 
 def _table_meta(prog, tensors):
-    meta = {}
-    for name, x in tensors.items():
-        kind = "float" if x.is_floating_point() else "int"
-        meta[name] = (tuple(x.shape), kind, "float32" if kind == "float" else "int32")
-    for c in prog.constants:
-        meta[c.name] = (tuple(c.array.shape), "int", "int32")
-    return meta
-
-
-def as_table(x):
-    return (x.to(torch.float32) if x.is_floating_point() else x.to(torch.int32)).contiguous()
+    """name -> (shape, kind, TIR dtype) of the tables the kernels read."""
+    return {n: (shape, kind, f"{kind}32") for n, (shape, kind) in kinds(prog, tensors).items()}
 
 
 def operand(x):

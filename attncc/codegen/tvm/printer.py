@@ -4,17 +4,12 @@ expressions) become TIR expression text for the generated kernels.
 Every printed expression carries a kind (int, float or bool) so mixed arithmetic gets
 explicit casts (TIR does not promote). Reads of tensors clamp their indices to the tensor's
 extent: masked pairs may compute indices outside it, and a generated kernel must never read
-out of bounds (unmasked pairs are in range for a valid spec; the reference backend checks).
+out of bounds (unmasked pairs are in range: every call checks its tensors, runtime/inputs.py).
 """
 import sympy
 
 from ...ir import symbols as S
-
-
-def buffer_name(table):
-    """The kernel parameter of a tensor the expressions read: prefixed, so that a user's name
-    (a captured tensor called `kb`, say) never shadows the generated code's own variables."""
-    return f"tab_{table}"
+from ..captured import param
 
 
 class PrintError(ValueError):
@@ -130,7 +125,7 @@ class TIRPrinter:
                 raise PrintError(f"tensor {name!r} is not a parameter of this kernel")
             shape, kind = self.tables[name]
             idx = [f"T.max(T.min({self(ix, 'int')}, {n - 1}), 0)" for ix, n in zip(e.indices, shape)]
-            return f"{buffer_name(name)}[{', '.join(idx)}]", kind
+            return f"{param(name)}[{', '.join(idx)}]", kind
         raise PrintError(f"the TVM backend cannot print the operation {type(e).__name__} in {e}")
 
     @staticmethod
