@@ -11,6 +11,11 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fuzz: a random-spec test against the oracle; `make fuzz` runs these with "
+                                       "ATTNCC_FUZZ_EXAMPLES random examples (tests/strategies.py)")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import attncc as ac
@@ -21,7 +21,7 @@ from attncc.ops import CATALOGUE
 from attncc.runtime.kernel import InterpreterWarning
 
 from oracle import check_against_oracle, make_inputs
-from strategies import specs
+from strategies import multi_tile_specs, random_spec_test, specs
 from test_reference import CASES
 
 # every test here runs the interpreter on purpose; the warning has its own test
@@ -63,9 +63,19 @@ def test_triton_catalogue_matches_dense_oracle(entry):
     check_against_oracle(entry.spec, q, k, v, tensors, backend="triton")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@random_spec_test(60)
 @given(case=specs(), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
 def test_triton_random_specs_match_dense_oracle(case, dtype):
+    spec, dims, tensors = case
+    assume(triton_can(spec))
+    q, k, v = make_inputs(dims, dtype)
+    check_against_oracle(spec, q, k, v, tensors, backend="triton")
+
+
+@random_spec_test(40)
+@given(case=multi_tile_specs(), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_triton_multi_tile_specs_match_dense_oracle(case, dtype):
+    """Groups of three or more of sm_80's 128 x 64 tiles each way, under the interpreter."""
     spec, dims, tensors = case
     assume(triton_can(spec))
     q, k, v = make_inputs(dims, dtype)

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import attncc as ac
@@ -21,7 +21,7 @@ from attncc.ops import CATALOGUE
 
 from attncc.runtime.inputs import layouts
 from oracle import check_against_oracle, make_inputs
-from strategies import specs
+from strategies import multi_tile_specs, random_spec_test, specs
 from test_reference import CASES
 
 
@@ -49,9 +49,20 @@ def test_tvm_catalogue_matches_dense_oracle(entry):
     check_against_oracle(entry.spec, q, k, v, tensors, backend="tvm")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@random_spec_test(40)
 @given(case=specs(), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
 def test_tvm_random_specs_match_dense_oracle(case, dtype):
+    spec, dims, tensors = case
+    assume(tvm_can(spec))
+    q, k, v = make_inputs(dims, dtype)
+    check_against_oracle(spec, q, k, v, tensors, backend="tvm")
+
+
+@random_spec_test(60)
+@given(case=multi_tile_specs(), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_tvm_multi_tile_specs_match_dense_oracle(case, dtype):
+    """Groups of three or more 64 x 64 tiles each way: the online rescale across key tiles, the
+    tile tables and the padding of partial tiles at random shapes."""
     spec, dims, tensors = case
     assume(tvm_can(spec))
     q, k, v = make_inputs(dims, dtype)
