@@ -96,14 +96,15 @@ def exact_ranges(prog, read, tables):
     syms = set(smask.free_symbols).union(*(S.free_index_symbols(ix) for ix in read.index))
     bs = range(prog.dims.B) if S.b in syms else (0,)
     hs = grp.heads if S.h in syms else (grp.heads[0],)
-    rows = max(1, SLAB_ELEMENTS // max(1, gat.Lk))
+    per_g = max(1, SLAB_ELEMENTS // max(1, gat.Lq * gat.Lk))      # several small groups a slab
+    rows = gat.Lq if per_g > 1 else max(1, SLAB_ELEMENTS // max(1, gat.Lk))
     u = np.arange(gat.Lk)[None, None, :]
     spans = [None] * len(read.index)
-    for g0 in range(gat.G):
-        g = np.array(g0)[None, None, None]
+    for g0 in range(0, gat.G, per_g):
+        g = np.arange(g0, min(gat.G, g0 + per_g))[:, None, None]
         for t0 in range(0, gat.Lq, rows):
             t = np.arange(t0, min(gat.Lq, t0 + rows))[None, :, None]
-            c = cls[g0][(t[0, :, 0] // aq)[:, None], (u[0, 0] // ak)[None, :]][None]
+            c = cls[g[:, 0, 0]][:, (t[0, :, 0] // aq)[:, None], (u[0, 0] // ak)[None, :]]
             for b in bs:
                 for h in hs:
                     env = {**local_env(prog, gat, g, t, u, b, h), **tables}
