@@ -20,7 +20,7 @@ from ..ir import symbols as S
 from ..ir.evaluate import evaluate
 from ..ir.intervals import bound
 from ..ir.program import FULL, PARTIAL, Read
-from .classify_blocks import SLAB_ELEMENTS, atom, local_env, split_static
+from .classify_blocks import SLAB_ELEMENTS, local_env, split_static
 
 # the order in which a call checks reads: the tensors whose values index others come first
 USES = ("index", "compare", "value")
