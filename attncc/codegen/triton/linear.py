@@ -179,7 +179,8 @@ def apply_source(prog, grp, sh, tables):
     gat, NK, fmap = grp.gather, -(-sh.LK // sh.BN), prog.norm.feature_map
     dvb = value_block(sh)[0]
     P = _printer(tables)
-    partial = bool((grp.blocks.classes == PARTIAL).any())
+    # PARTIAL at tile granularity: a tile of FULL and EMPTY atoms (a partial window) is PARTIAL
+    partial = bool((grp.blocks.coarsen(sh.BM, sh.BN) == PARTIAL).any())
     residual = grp.residual if grp.residual is not None and grp.residual is not sympy.true else None
     hoist = Hoister(row={S.i, S.t}, col={S.j, S.u})
     residual = hoist(residual) if residual is not None else None
