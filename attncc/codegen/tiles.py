@@ -9,12 +9,22 @@ import sympy
 import torch
 
 from ..ir import symbols as S
+from ..ir.evaluate import evaluate
 from ..ir.program import EMPTY, FULL, PARTIAL
 
 
 def tile_tables(grp):
     """(count [G, NQ], list [G, NQ, KMAX], class [G, NQ, KMAX]) of the non-empty key tiles."""
-    tiles = grp.blocks.coarsen(grp.plan.block_m, grp.plan.block_n)
+    return _lists(grp.blocks.coarsen(grp.plan.block_m, grp.plan.block_n))
+
+
+def query_tile_tables(grp):
+    """The transposed tables, for the backward's dK and dV: (count [G, NK], list [G, NK,
+    QMAX], class [G, NK, QMAX]) of the query tiles that see each key tile, in query order."""
+    return _lists(grp.blocks.coarsen(grp.plan.block_m, grp.plan.block_n).transpose(0, 2, 1))
+
+
+def _lists(tiles):
     G, NQ, NK = tiles.shape
     nonempty = tiles != EMPTY
     cnt = nonempty.sum(-1).astype(np.int32)
@@ -27,6 +37,26 @@ def tile_tables(grp):
             lst[g, qi, :len(ks)] = ks
             cls[g, qi, :len(ks)] = tiles[g, qi, ks]
     return cnt, lst, cls
+
+
+def slots_once(grp):
+    """Whether every query token and every key token fills at most one (group, local index)
+    slot of the gather (window partitions, axial lines, dense groups; not overlapping windows
+    or per-query key lists): a backward task of a query tile, or of a key tile, is then the
+    only writer of its rows of dQ, or dK and dV (no atomics, no reduction, deterministic)."""
+    gat = grp.gather
+    if gat.per_query or S.b in S.free_index_symbols(gat.k_token) or S.tables_in(gat.k_token) \
+            or S.tables_in(gat.q_token):
+        return False
+    g = np.arange(gat.G)[:, None]
+    for tok, ok, n, sym in ((gat.q_token, gat.q_valid, gat.Lq, S.t), (gat.k_token, gat.k_valid, gat.Lk, S.u)):
+        env = {S.g: g, sym: np.arange(n)[None, :]}
+        toks = np.broadcast_to(np.asarray(evaluate(tok, env)), (gat.G, n))
+        valid = np.broadcast_to(np.asarray(evaluate(ok, env), bool), (gat.G, n))
+        used = toks[valid]
+        if len(np.unique(used)) != len(used):
+            return False
+    return True
 
 
 _CONSTANTS = {}

@@ -1,7 +1,11 @@
-"""Gradients for generated kernels: the forward runs the generated kernel, the backward
-recomputes through the eager reference (memory-proportional to the useful pairs) and
-differentiates that, until generated backward kernels exist. ``recompute_grads`` is shared by
-the eager path (the autograd.Function below) and the torch.compile path (custom_op.py)."""
+"""Gradients for generated kernels: the forward runs the generated kernel; the backward runs
+the backend's generated backward kernels where it has them (`run.backward_why_not()` is None:
+the TVM backend, issue 23), else recomputes through the eager reference (memory-proportional
+to the useful pairs) and differentiates that, with a BackwardWarning saying why.
+``recompute_grads`` is shared by the eager path (the autograd.Function below) and the
+torch.compile path (custom_op.py)."""
+import warnings
+
 import torch
 
 from ..reference import eager
@@ -22,18 +26,48 @@ def recompute_grads(prog, inputs, names, return_lse, grads):
     return [next(it) if x.requires_grad else None for x in inputs]
 
 
+class BackwardWarning(UserWarning):
+    """The backward of a generated kernel recomputes through the eager reference (slow, and
+    memory-proportional to the useful pairs), because the backend generates no backward for it."""
+
+
+def _why_not(run, table_grads):
+    why = getattr(run, "backward_why_not", None)
+    if why is None:
+        return "this backend generates no backward kernels yet"
+    return why(table_grads)
+
+
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run, prog, names, return_lse, q, k, v, *tensors):
-        ctx.prog, ctx.names, ctx.return_lse = prog, names, return_lse
+        ctx.prog, ctx.names, ctx.return_lse, ctx.run = prog, names, return_lse, run
+        table_grads = tuple(n for n, x, need in zip(names, tensors, ctx.needs_input_grad[7:])
+                            if need and x.is_floating_point())
+        why = _why_not(run, table_grads)
+        ctx.generated = why is None
+        captured = dict(zip(names, tensors))
+        if ctx.generated:           # the backward kernels read out and lse: O(N d) saved
+            out, lse = run(q, k, v, captured, return_lse=True)
+            ctx.save_for_backward(q, k, v, out, lse, *tensors)
+            return (out, lse) if return_lse else (out,)
+        warnings.warn(f"attncc: the backward runs through the eager reference's autograd (slower, more memory): "
+                      f"{why}", BackwardWarning, stacklevel=4)
         ctx.save_for_backward(q, k, v, *tensors)
-        got = run(q, k, v, dict(zip(names, tensors)), return_lse=return_lse)
+        got = run(q, k, v, captured, return_lse=return_lse)
         return got if return_lse else (got,)
 
     @staticmethod
     def backward(ctx, *grads):
-        return (None, None, None, None) + tuple(recompute_grads(ctx.prog, ctx.saved_tensors, ctx.names,
-                                                                ctx.return_lse, grads))
+        if not ctx.generated:
+            return (None, None, None, None) + tuple(recompute_grads(ctx.prog, ctx.saved_tensors, ctx.names,
+                                                                    ctx.return_lse, grads))
+        q, k, v, out, lse, *tensors = ctx.saved_tensors
+        dout, dlse = grads[0], (grads[1] if ctx.return_lse else None)
+        if dout is None and dlse is None:
+            return (None,) * (7 + len(tensors))
+        dq, dk, dv = ctx.run.backward(q, k, v, out, lse, dout, dlse, dict(zip(ctx.names, tensors)))
+        return (None, None, None, None, dq, dk, dv) + (None,) * len(tensors)
 
 
 def differentiable(run, prog, q, k, v, tensors, return_lse):

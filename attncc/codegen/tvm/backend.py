@@ -13,7 +13,11 @@ from .per_query import generate_per_query
 from ..tiles import RuntimeLayout, tile_tables
 from ..captured import as_table, kinds
 from ..routes import route_of, routed_tables
+from .printer import PrintError
 from .source import GroupShape, generate, group_shape
+from .backward import generate_dkv, generate_dq
+from ..backward import why_not
+from ..tiles import query_tile_tables
 
 
 def routed_shape(prog, grp, route):
@@ -82,6 +86,7 @@ class TVMProgram:
         self.names = list(self.meta)
         self.route = route_of(prog, "tvm")[0]
         self.groups = self.kernels(True)
+        self.grads = {}
 
     def kernels(self, stats, strides=()):
         """The compiled group kernels; stats=False is the sigmoid variant without the row
@@ -152,3 +157,50 @@ class TVMProgram:
             comp.fn(qf, kf, vf, o, lse, *args, *extra, *tabs)
         o = o.to(q.dtype)
         return (o, lse) if return_lse else o
+
+    def backward_why_not(self, table_grads=()):
+        """None when the generated backward kernels serve this program (they compile on first
+        use), else why not."""
+        why = why_not(self.prog, table_grads)
+        if why is None:
+            try:
+                self.backward_kernels(False)
+            except PrintError as e:
+                why = f"the score modifier's derivative cannot be printed for the CPU ({e})"
+        return why
+
+    def backward_kernels(self, lse_grad):
+        """Per group: (dq kernel and its tables, dkv kernel and its tables) (backward.py)."""
+        if lse_grad not in self.grads:
+            out = []
+            for grp in self.prog.groups:
+                cnt, lst, cls = tile_tables(grp)
+                qcnt, qlst, qcls = query_tile_tables(grp)
+                sh = group_shape(self.prog, grp, lst.shape[-1])
+                acls = torch.from_numpy(grp.blocks.classes.astype(np.int32))
+                heads = torch.tensor(grp.heads, dtype=torch.int32)
+                dq = compile_source(generate_dq(self.prog, grp, sh, self.meta, lse_grad), [])
+                dkv = compile_source(generate_dkv(self.prog, grp, sh, self.meta, qlst.shape[-1], lse_grad), [])
+                out.append((dq, [heads, *(torch.from_numpy(x) for x in (cnt, lst, cls)), acls],
+                            dkv, [heads, *(torch.from_numpy(x) for x in (qcnt, qlst, qcls)), acls]))
+            self.grads[lse_grad] = out
+        return self.grads[lse_grad]
+
+    def backward(self, q, k, v, out, lse, dout, dlse, tensors):
+        """(dq, dk, dv) of the loss whose gradients are dout (for out, or None) and dlse (for
+        lse, or None), from the generated kernels; in q's, k's and v's dtypes."""
+        qf, kf, vf = (x.to(torch.float32).contiguous() for x in (q, k, v))
+        do = (torch.zeros_like(out, dtype=torch.float32) if dout is None else dout.to(torch.float32)).contiguous()
+        lse = lse.to(torch.float32).contiguous()
+        softmax = self.prog.norm.kind == "softmax"
+        dr = (do * out.to(torch.float32)).sum(-1) if softmax else torch.zeros_like(lse)
+        lse_grad = dlse is not None and not softmax
+        if dlse is not None:
+            dr = dr - dlse.to(torch.float32)
+        dr = dr.contiguous()
+        dq, dk, dv = (torch.zeros_like(x) for x in (qf, kf, vf))
+        tabs = [as_table(tensors[n]) if n in tensors else self.consts[n] for n in self.names]
+        for cq, aq, ckv, akv in self.backward_kernels(lse_grad):
+            cq.fn(qf, kf, vf, do, lse, dr, dq, *aq, *tabs)
+            ckv.fn(qf, kf, vf, do, lse, dr, dk, dv, *akv, *tabs)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

@@ -32,18 +32,20 @@ def mask(w, sh, pair_ok, skip=(), kslot="g, kb"):
                   "T.float32(NEG))")
 
 
-def pv(w, sh, skip=(), atoms=False, kslot="g, kb"):
+def pv(w, sh, skip=(), atoms=False, kslot="g, kb", acc="acc", src="v", width=None):
     """acc += s V over the current key tile, register tile MR x PW. atoms: on PARTIAL tiles,
-    key atoms that are EMPTY for the row group are skipped (their weights are 0)."""
-    MR, PW = sh.MR, value_lanes(sh.DV)
+    key atoms that are EMPTY for the row group are skipped (their weights are 0). `src` and
+    `width`: another [B, H, M, width] tensor read through the key map (K, for dQ += dS K)."""
+    width = width or sh.DV
+    MR, PW = sh.MR, value_lanes(width)
     end = f"T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0)"      # the tile's keys inside the extent
-    vrow = f"v[b, h, ktk[{kslot}, c], jg * {PW} + ci]"
+    vrow = f"{src}[b, h, ktk[{kslot}, c], jg * {PW} + ci]"
 
     def micro():
-        tile_loop(w, MR, PW, f"acc[rg * {MR} + ri, jg * {PW} + ci] = acc[rg * {MR} + ri, jg * {PW} + ci] + "
+        tile_loop(w, MR, PW, f"{acc}[rg * {MR} + ri, jg * {PW} + ci] = {acc}[rg * {MR} + ri, jg * {PW} + ci] + "
                               f"s[rg * {MR} + ri, c] * {vrow}")
     # value-column blocks outer: a [bn, PW] slice of V stays in L1 across the row groups
-    w(f"for jg in range({0 if 'pv' in skip else sh.DV // PW}):")
+    w(f"for jg in range({0 if 'pv' in skip else width // PW}):")
     with w.block():
         w(f"for rg in range({sh.BMP // MR}):")
         with w.block():
@@ -81,42 +83,46 @@ def _atom_class(sh, row, col):
             f"T.min(T.floordiv(kb * {sh.BN} + {col}, {sh.AK}), {sh.NKA - 1})]")
 
 
-def pack_tile(w, sh, dst, ks):
-    """K's key tile `ks` (through the key map) transposed into `dst` (indexed by (dd, column)):
+def pack_tile(w, sh, dst, ks, src="k", width=None):
+    """K's key tile `ks` (through the key map) transposed into `dst` (indexed by (dd, column))
+    (`src`, `width`: another [B, H, M, width] tensor, V for the backward's dP = dO V^T):
     in L x L blocks of shuffled vectors where L = 16 or 8 divides the head dim and the padded
     tile, else a row of the tile at a time, its columns gathered as vectors. Padding and invalid keys
     read token 0 unscaled: their scores are masked (NEG) before any use, and their weights
     never reach PV. Measured on Zen4 against the column-at-a-time scalar copy zeroing them:
     Swin-T window kernels 7% (stage 1) and 15% (stage 3) faster."""
-    L = next((n for n in (16, 8) if sh.D % n == 0 and sh.BNP % n == 0), None)
+    width = width or sh.D
+    L = next((n for n in (16, 8) if width % n == 0 and sh.BNP % n == 0), None)
     if L is not None:
         # L x L blocks: L key rows loaded as vectors, transposed by one shuffle each output
         # row (LLVM lowers it to a permute network) instead of a gathered lane at a time. Zen 4,
         # in-process A/B against the gather: axial columns 64x64 1.37x, Swin windows 1.03x,
         # N=197 1.02x, N=4096 full and causal 0.99x (noise); built for znver3 (AVX2) and run
         # here, Swin windows 0.99-1.01x
-        rows = ", ".join(f"k[b, h, ktk[{ks}, cb * {L} + {i}], T.Ramp(jb * {L}, 1, {L})]" for i in range(L))
+        rows = ", ".join(f"{src}[b, h, ktk[{ks}, cb * {L} + {i}], T.Ramp(jb * {L}, 1, {L})]" for i in range(L))
         w(f"for cb in range({sh.BNP // L}):")
         with w.block():
-            w(f"for jb in range({sh.D // L}):")
+            w(f"for jb in range({width // L}):")
             with w.block():
                 for j in range(L):
                     lanes = ", ".join(str(i * L + j) for i in range(L))
                     w(f"{dst}jb * {L} + {j}, T.Ramp(cb * {L}, 1, {L})] = T.Shuffle([{rows}], [{lanes}])")
         return
-    w(f"for j in range({sh.D}):")
+    w(f"for j in range({width}):")
     with w.block():
         w(f"for c in T.vectorized({sh.BNP}):")
         with w.block():
-            w(f"{dst}j, c] = k[b, h, ktk[{ks}, c], j]")
+            w(f"{dst}j, c] = {src}[b, h, ktk[{ks}, c], j]")
 
 
-def qk(w, sh, skip=(), epilogue=None, atoms=False, kslot="g, kb", ktile=None):
+def qk(w, sh, skip=(), epilogue=None, atoms=False, kslot="g, kb", ktile=None, a="qs", depth=None, out="s"):
     """S = Q K^T into s, register tile MR x VW; `epilogue` (a statement on the tile's cells)
     runs on the registers before they are stored. atoms: on PARTIAL tiles, register tiles in
     EMPTY atoms are not computed (the mask fills them). ktile: the packed [d, BNP] key tile's
-    buffer, indexed by (dd, column) (default: the tile's slot of the per-call pack kpk)."""
+    buffer, indexed by (dd, column) (default: the tile's slot of the per-call pack kpk).
+    `a`, `depth`, `out`: another product of the same form (the backward's dP = dO V^T)."""
     ktile = ktile or f"kpk[b, hh, {kslot}, "
+    depth = depth or sh.D
     MR, VW = sh.MR, sh.VW
     # key-column blocks outer: a [d, VW] block of K stays in L1 across the row groups
     w(f"for cg in range({0 if 'qk' in skip else sh.BNP // VW}):")
@@ -126,11 +132,11 @@ def qk(w, sh, skip=(), epilogue=None, atoms=False, kslot="g, kb", ktile=None):
             if atoms:
                 w(f"if cls != {PARTIAL} or {_atom_class(sh, f'rg * {MR}', f'cg * {VW}')} != {EMPTY}:")
                 w.depth += 1
-            tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = T.float32(0)")
-            w(f"for dd in range({sh.D}):")
+            cell = f"{out}[rg * {MR} + ri, cg * {VW} + ci]"
+            tile_loop(w, MR, VW, f"{cell} = T.float32(0)")
+            w(f"for dd in range({depth}):")
             with w.block():
-                tile_loop(w, MR, VW, f"s[rg * {MR} + ri, cg * {VW} + ci] = s[rg * {MR} + ri, cg * {VW} + ci] + "
-                                      f"qs[rg * {MR} + ri, dd] * {ktile}dd, cg * {VW} + ci]")
+                tile_loop(w, MR, VW, f"{cell} = {cell} + {a}[rg * {MR} + ri, dd] * {ktile}dd, cg * {VW} + ci]")
             if epilogue:
                 tile_loop(w, MR, VW, epilogue)
             if atoms:

@@ -1,0 +1,24 @@
+"""What every backend's generated backward needs to know about a lowered Program: whether
+its backward kernels can be generated (and if not, why, in words a user can act on), and
+which of its inputs get gradients from them."""
+from .tiles import RuntimeLayout, slots_once
+
+
+def why_not(prog, table_grads=()):
+    """None when the generated backward serves this program, else the reason. `table_grads`:
+    the captured tensors whose gradients are asked for."""
+    if prog.norm.kind == "linear":
+        return "linear attention's backward kernels are not generated yet"
+    if prog.post:
+        return "the backward of post modifiers (decay2d, clipped) is not generated yet"
+    if prog.prologues:
+        return "the backward of routed attention is not generated yet"
+    if table_grads:
+        return (f"gradients of captured tensors ({', '.join(map(repr, table_grads))}) are not generated yet")
+    for grp in prog.groups:
+        if RuntimeLayout.of(prog, grp) is not None:
+            return "the backward of a block-sparse layout passed per call is not generated yet"
+        if not slots_once(grp):
+            return (f"the {grp.gather.kind} gather reads a key in several groups (overlapping key sets), whose "
+                    "dK and dV need a reduction that is not generated yet")
+    return None
