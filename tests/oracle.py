@@ -63,3 +63,53 @@ def check_against_oracle(spec, q, k, v, tensors=None, lse=True, backend="referen
             lf = 8 * EPS[torch.float32] * (1 + gold_lse[fin].abs().max().item())
             assert e <= K * y + lf, f"lse error {e:.3e} > {K} x {y:.3e} + {lf:.1e}"
     return got, gold
+
+
+def dense_grads(canon, q, k, v, tensors, gout, glse, dtype):
+    """Gradients of sum(out * gout) + sum(lse * glse) (finite lse only) through the textbook
+    dense formula in `dtype`, for q, k, v and the float captured tensors (by name)."""
+    xs = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
+    tabs = {n: (x.detach().to(dtype).requires_grad_() if x.is_floating_point() else x) for n, x in tensors.items()}
+    out, lse = dense_attention(canon, *xs, tabs, return_lse=True, dtype=dtype)
+    loss = (out * gout.to(dtype)).sum()
+    if glse is not None:
+        loss = loss + torch.where(torch.isfinite(lse), lse * glse.to(dtype), 0).sum()
+    wrt = xs + [x for x in tabs.values() if x.is_floating_point()]
+    return torch.autograd.grad(loss, wrt, allow_unused=True)
+
+
+def check_grads_against_oracle(spec, q, k, v, tensors=None, backend="tvm", lse=True, table_grads=False, seed=1):
+    """The backend's gradients of q, k, v (and of the float captured tensors when
+    `table_grads`) for a random loss on out (and lse), judged like the forward: error to the
+    fp64 dense oracle's autograd <= K x the same formula's error in q's dtype + 8 eps."""
+    tensors = tensors or {}
+    lse = lse and not isinstance(spec.normalizer, type(ac.linear()))
+    gen = torch.Generator().manual_seed(seed)
+    _, canon = canonical(spec, q, k, v, tensors)
+    kern = ac.compile(spec, backend=backend)
+    xs = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    tabs = {n: (x.detach().clone().requires_grad_(table_grads) if x.is_floating_point() else x)
+            for n, x in tensors.items()}
+    got = kern(*xs, return_lse=lse, **tabs)
+    out, got_lse = got if lse else (got, None)
+    gout = torch.randn(out.shape, generator=gen).to(out.dtype)
+    glse = torch.randn(got_lse.shape, generator=gen) if lse else None
+    loss = (out * gout).sum()
+    if lse:
+        loss = loss + torch.where(torch.isfinite(got_lse), got_lse * glse, 0).sum()
+    wrt = xs + [x for x in tabs.values() if table_grads and x.is_floating_point()]
+    mine = torch.autograd.grad(loss, wrt, allow_unused=True)
+    dense = layouts(spec, tensors, canon.dims)
+    gold = dense_grads(canon, q, k, v, dense, gout, glse, torch.float64)
+    same = dense_grads(canon, q.float(), k.float(), v.float(), dense, gout.float(), glse, torch.float32)
+    names = ["q", "k", "v"] + [n for n, x in tabs.items() if table_grads and x.is_floating_point()]
+    for name, a, g, s in zip(names, mine, gold, same):
+        g = torch.zeros_like(a, dtype=torch.float64) if g is None else g
+        s = torch.zeros_like(a, dtype=torch.float32) if s is None else s
+        assert a is not None and a.dtype == q.dtype, f"d{name}: no gradient or wrong dtype"
+        assert torch.isfinite(a).all(), f"d{name} is not finite"
+        floor = 8 * EPS[q.dtype] * (1.0 + g.abs().max().item())
+        err = (a.double() - g).abs().max().item()
+        yard = (s.to(q.dtype).double() - g).abs().max().item()
+        assert err <= K * yard + floor, f"{backend} d{name} error {err:.3e} > {K} x same-dtype error {yard:.3e} + {floor:.1e}"
+    return mine

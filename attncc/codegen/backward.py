@@ -4,17 +4,14 @@ which of its inputs get gradients from them."""
 from .tiles import RuntimeLayout, slots_once
 
 
-def why_not(prog, table_grads=()):
-    """None when the generated backward serves this program, else the reason. `table_grads`:
-    the captured tensors whose gradients are asked for."""
+def why_not(prog):
+    """None when the generated backward serves this program, else the reason."""
     if prog.norm.kind == "linear":
         return "linear attention's backward kernels are not generated yet"
     if prog.post:
         return "the backward of post modifiers (decay2d, clipped) is not generated yet"
     if prog.prologues:
         return "the backward of routed attention is not generated yet"
-    if table_grads:
-        return (f"gradients of captured tensors ({', '.join(map(repr, table_grads))}) are not generated yet")
     for grp in prog.groups:
         if RuntimeLayout.of(prog, grp) is not None:
             return "the backward of a block-sparse layout passed per call is not generated yet"

@@ -46,6 +46,7 @@ class _Attention(torch.autograd.Function):
                             if need and x.is_floating_point())
         why = _why_not(run, table_grads)
         ctx.generated = why is None
+        ctx.table_grads = table_grads
         captured = dict(zip(names, tensors))
         if ctx.generated:           # the backward kernels read out and lse: O(N d) saved
             out, lse = run(q, k, v, captured, return_lse=True)
@@ -66,8 +67,9 @@ class _Attention(torch.autograd.Function):
         dout, dlse = grads[0], (grads[1] if ctx.return_lse else None)
         if dout is None and dlse is None:
             return (None,) * (7 + len(tensors))
-        dq, dk, dv = ctx.run.backward(q, k, v, out, lse, dout, dlse, dict(zip(ctx.names, tensors)))
-        return (None, None, None, None, dq, dk, dv) + (None,) * len(tensors)
+        dq, dk, dv, dtabs = ctx.run.backward(q, k, v, out, lse, dout, dlse, dict(zip(ctx.names, tensors)),
+                                             ctx.table_grads)
+        return (None, None, None, None, dq, dk, dv) + tuple(dtabs.get(n) for n in ctx.names)
 
 
 def differentiable(run, prog, q, k, v, tensors, return_lse):

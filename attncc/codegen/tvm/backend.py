@@ -15,7 +15,7 @@ from ..captured import as_table, kinds
 from ..routes import route_of, routed_tables
 from .printer import PrintError
 from .source import GroupShape, generate, group_shape
-from .backward import generate_dkv, generate_dq
+from .backward import generate_dkv, generate_dq, table_slots
 from ..backward import why_not
 from ..tiles import query_tile_tables
 
@@ -159,19 +159,21 @@ class TVMProgram:
         return (o, lse) if return_lse else o
 
     def backward_why_not(self, table_grads=()):
-        """None when the generated backward kernels serve this program (they compile on first
-        use), else why not."""
-        why = why_not(self.prog, table_grads)
+        """None when the generated backward kernels serve this program and the gradients of
+        the captured tensors `table_grads` (they compile here), else why not."""
+        why = why_not(self.prog)
         if why is None:
             try:
-                self.backward_kernels(False)
+                self.backward_kernels(False, tuple(table_grads))
             except PrintError as e:
                 why = f"the score modifier's derivative cannot be printed for the CPU ({e})"
         return why
 
-    def backward_kernels(self, lse_grad):
-        """Per group: (dq kernel and its tables, dkv kernel and its tables) (backward.py)."""
-        if lse_grad not in self.grads:
+    def backward_kernels(self, lse_grad, grads=()):
+        """Per group: (dq kernel and its tables, dkv kernel and its tables, gradient slots),
+        backward.py; `grads`: the captured tensors that get gradients."""
+        key = (lse_grad, grads)
+        if key not in self.grads:
             out = []
             for grp in self.prog.groups:
                 cnt, lst, cls = tile_tables(grp)
@@ -179,16 +181,19 @@ class TVMProgram:
                 sh = group_shape(self.prog, grp, lst.shape[-1])
                 acls = torch.from_numpy(grp.blocks.classes.astype(np.int32))
                 heads = torch.tensor(grp.heads, dtype=torch.int32)
-                dq = compile_source(generate_dq(self.prog, grp, sh, self.meta, lse_grad), [])
+                dq = compile_source(generate_dq(self.prog, grp, sh, self.meta, lse_grad, grads), [])
                 dkv = compile_source(generate_dkv(self.prog, grp, sh, self.meta, qlst.shape[-1], lse_grad), [])
                 out.append((dq, [heads, *(torch.from_numpy(x) for x in (cnt, lst, cls)), acls],
-                            dkv, [heads, *(torch.from_numpy(x) for x in (qcnt, qlst, qcls)), acls]))
-            self.grads[lse_grad] = out
-        return self.grads[lse_grad]
+                            dkv, [heads, *(torch.from_numpy(x) for x in (qcnt, qlst, qcls)), acls],
+                            table_slots(sh, self.meta, grads)))
+            self.grads[key] = out
+        return self.grads[key]
 
-    def backward(self, q, k, v, out, lse, dout, dlse, tensors):
-        """(dq, dk, dv) of the loss whose gradients are dout (for out, or None) and dlse (for
-        lse, or None), from the generated kernels; in q's, k's and v's dtypes."""
+    def backward(self, q, k, v, out, lse, dout, dlse, tensors, grads=()):
+        """(dq, dk, dv, {name: gradient of each captured tensor in `grads`}) of the loss whose
+        gradients are dout (for out, or None) and dlse (for lse, or None), from the generated
+        kernels, in the inputs' dtypes. Deterministic: each output row has one writer, and a
+        captured tensor's gradient slots are summed in order."""
         qf, kf, vf = (x.to(torch.float32).contiguous() for x in (q, k, v))
         do = (torch.zeros_like(out, dtype=torch.float32) if dout is None else dout.to(torch.float32)).contiguous()
         lse = lse.to(torch.float32).contiguous()
@@ -200,7 +205,13 @@ class TVMProgram:
         dr = dr.contiguous()
         dq, dk, dv = (torch.zeros_like(x) for x in (qf, kf, vf))
         tabs = [as_table(tensors[n]) if n in tensors else self.consts[n] for n in self.names]
-        for cq, aq, ckv, akv in self.backward_kernels(lse_grad):
-            cq.fn(qf, kf, vf, do, lse, dr, dq, *aq, *tabs)
+        dtabs = {n: torch.zeros(tensors[n].shape, dtype=torch.float64) for n in grads}
+        for cq, aq, ckv, akv, slots in self.backward_kernels(lse_grad, tuple(grads)):
+            parts = [torch.zeros(slots, *tensors[n].shape, dtype=torch.float64) for n in grads]
+            cq.fn(qf, kf, vf, do, lse, dr, dq, *aq, *parts, *tabs)
             ckv.fn(qf, kf, vf, do, lse, dr, dk, dv, *akv, *tabs)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+            for n, part in zip(grads, parts):
+                for p in part:                  # in slot order: the same bits at any thread count
+                    dtabs[n] += p
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
+                {n: dtabs[n].to(tensors[n].dtype) for n in grads})

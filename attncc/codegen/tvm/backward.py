@@ -22,13 +22,23 @@ thread count):
 
 A key token must fill one slot of the gather (tiles.slots_once), so that a key tile's task
 is the only writer of its rows of dK and dV.
+
+Gradients of float captured tensors (a relative position bias, ALiBi-like slopes, any table a
+score_mod reads): the dq kernel adds dS' * d score'/d read (ir/derivative.table_partials) into
+its slot's copy of the tensor's gradient, pair by pair in a fixed order; the tasks are dealt
+to `slots` parallel slots, fixed by the shapes (table_slots), and the caller sums the slots in
+order. No atomics, and the same bits at any thread count.
 """
+import math
+
+import sympy
+
 from ...ir import symbols as S
-from ...ir.derivative import score_derivative
-from ..writer import SourceWriter
+from ...ir.derivative import score_derivative, table_partials
 from ..captured import param
+from ..writer import SourceWriter
 from .items import query_row
-from .microkernel import mask, pack_tile, pv, qk, value_lanes, gemm, reduce_over
+from .microkernel import gemm, mask, pack_tile, pv, qk, reduce_over, value_lanes
 from .printer import TIRPrinter
 from .source import _sigmoid, close_kernel, key_tables
 
@@ -68,7 +78,8 @@ def _io(sh):
 
 
 class _Exprs:
-    """The score modifier, its derivative and the residual mask as TIR text at column `col`."""
+    """The score modifier, its derivative, the residual mask and the differentiated table
+    reads as TIR text at a score column."""
 
     def __init__(self, prog, grp, sh, tables):
         self.prog, self.sh = prog, sh
@@ -76,16 +87,33 @@ class _Exprs:
         self.base = {S.g: ("g", "int"), S.b: ("b", "int"), S.h: ("h", "int")}
         self.mod = prog.score != S.score
         self.deriv = score_derivative(prog.score) if self.mod else 1
+        self.reads = []         # (read, coefficient, its per-pair buffer or None)
         P = TIRPrinter({**self.base, S.t: ("t", "int"), S.u: ("u", "int"), S.i: ("qtok[r]", "int"),
                         S.j: ("ktk[g, kb, c]", "int")}, self.tables)
         self.pair_ok = P(grp.residual, "bool") if grp.residual is not None else "T.bool(True)"
         self.P = TIRPrinter({**self.base, S.t: ("t", "int"), S.u: ("u", "int")}, self.tables)
 
-    def at(self, expr, col):
+    def with_grads(self, names):
+        """Differentiate the score's reads of the tensors `names` too (a coefficient that
+        varies per pair gets a buffer, filled while the raw score is at hand)."""
+        parts = table_partials(self.prog.score, set(names))
+        self.reads = [(x, c, None if not c.free_symbols - {S.b, S.h, S.g} and not c.atoms(sympy.Indexed)
+                       else f"tc{n}") for n, (x, c) in enumerate(parts.items())]
+        return self
+
+    def _names(self, col):
         sh = self.sh
-        names = {**self.base, S.t: (f"(qi * {sh.BM} + r)", "int"), S.u: (f"(kb * {sh.BN} + {col})", "int"),
-                 S.i: ("qtok[r]", "int"), S.j: (f"ktk[g, kb, {col}]", "int"), S.score: (f"s[r, {col}]", "float")}
-        return TIRPrinter(names, self.tables)(expr, "float")
+        return {**self.base, S.t: (f"(qi * {sh.BM} + r)", "int"), S.u: (f"(kb * {sh.BN} + {col})", "int"),
+                S.i: ("qtok[r]", "int"), S.j: (f"ktk[g, kb, {col}]", "int"), S.score: (f"s[r, {col}]", "float")}
+
+    def at(self, expr, col):
+        return TIRPrinter(self._names(col), self.tables)(expr, "float")
+
+    def index(self, read, col):
+        """The indices of a table read at column `col`, clamped as the printer's reads are."""
+        P = TIRPrinter(self._names(col), self.tables)
+        shape = self.tables[str(read.base.label)][0]
+        return ", ".join(f"T.max(T.min({P(ix, 'int')}, {n - 1}), 0)" for ix, n in zip(read.indices, shape))
 
 
 def _rows(w, sh, prog, P, gat, zero_invalid):
@@ -121,6 +149,9 @@ def _scores(w, sh, E, kslot, ktile, vtile):
                 with w.block():
                     if E.deriv != 1:
                         w(f"fd[r, {col}] = {E.at(E.deriv, col)}")
+                    for _, coef, buf in E.reads:
+                        if buf:
+                            w(f"{buf}[r, {col}] = {E.at(coef, col)}")
                     w(f"s[r, {col}] = {E.at(E.prog.score, col)}")
     mask(w, sh, E.pair_ok, (), kslot)
     qk(w, sh, kslot=kslot, ktile=vtile, a="dos", depth=sh.DV, out="dp")
@@ -147,8 +178,8 @@ def _weights(w, sh, norm, lse_grad):
                 w(f"{sc} = T.Select(qok[r] != 0, live({sc}, {p}), T.float32(0))")
 
 
-def _dscores(w, sh, norm, E, lse_grad):
-    """s (the weight p) becomes dS = dS' * f'(s)."""
+def _dscores(w, sh, norm, E, lse_grad, chain=True):
+    """s (the weight p) becomes dS = dS' * f'(s) (dS' alone unless `chain`: _chain then)."""
     L = sh.SL
     col = f"cc * {L} + i"
     w(f"for r in range({sh.BMP}):")
@@ -164,30 +195,84 @@ def _dscores(w, sh, norm, E, lse_grad):
                     ds = dp
                 else:
                     ds = f"{dp} * {sc} * (T.float32(1) - {sc})"
-                if E.mod and E.deriv != 1:
+                if chain and E.mod and E.deriv != 1:
                     ds = f"({ds}) * fd[r, {col}]"
                 # masked pairs: p = 0 gives dS = 0 (a sigmoid's dS' needs the explicit zero)
                 w(f"{sc} = T.Select({sc} == T.float32(0), T.float32(0), {ds})" if norm.kind != "softmax"
                   else f"{sc} = {ds}")
 
 
+def _chain(w, sh, E):
+    """s: dS' becomes dS = dS' * f'(s)."""
+    if not (E.mod and E.deriv != 1):
+        return
+    L = sh.SL
+    w(f"for r in range({sh.BMP}):")
+    with w.block():
+        w(f"for cc in range({sh.BNP // L}):")
+        with w.block():
+            w(f"for i in T.vectorized({L}):")
+            with w.block():
+                w(f"s[r, cc * {L} + i] = s[r, cc * {L} + i] * fd[r, cc * {L} + i]")
+
+
+def _table_grads(w, sh, E):
+    """Each differentiated read's gradient += dS' * its coefficient, pair by pair (scalar:
+    lanes of a vector may read the same entry), into the task's slot, in float64 (a bias
+    entry sums one term per pair of many rows: fp32 would lose digits the dense formula's
+    pairwise sums keep)."""
+    if not E.reads:
+        return
+    end = f"T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0)"
+    w(f"for r in range({sh.BM}):")
+    with w.block():
+        w("if qok[r] != 0:")
+        with w.block():
+            w(f"for c in range({end}):")
+            with w.block():
+                for read, coef, buf in E.reads:
+                    cell = f"{grad_param(str(read.base.label))}[slot, {E.index(read, 'c')}]"
+                    term = "s[r, c]" if coef == 1 else (f"s[r, c] * {buf}[r, c]" if buf else f"s[r, c] * {E.at(coef, 'c')}")
+                    w(f"{cell} = {cell} + T.Cast(\"float64\", {term})")
+
+
+def grad_param(name):
+    """The kernel parameter of a captured tensor's gradient slots."""
+    return f"grad_{name}"
+
+
 def _scratch(w, sh, E, extra):
     for name, shp in (("qs", (sh.BMP, sh.D)), ("dos", (sh.BMP, sh.DV)), ("s", (sh.BMP, sh.BNP)),
                       ("dp", (sh.BMP, sh.BNP)), ("lr", (sh.BMP,)), ("drr", (sh.BMP,)),
-                      *([("fd", (sh.BMP, sh.BNP))] if E.mod and E.deriv != 1 else []), *extra):
+                      *([("fd", (sh.BMP, sh.BNP))] if E.mod and E.deriv != 1 else []),
+                      *((buf, (sh.BMP, sh.BNP)) for _, _, buf in E.reads if buf), *extra):
         w(f"{name} = T.alloc_buffer({shp}, \"float32\", scope=\"local\")")
     for name in ("qtok", "qok"):
         w(f"{name} = T.alloc_buffer(({sh.BMP},), \"int32\", scope=\"local\")")
 
 
-def generate_dq(prog, grp, sh, tables, lse_grad=False):
-    """The dq kernel's source: dQ over the forward's key-tile tables."""
-    E, gat, io = _Exprs(prog, grp, sh, tables), grp.gather, _io(sh)
+def table_slots(sh, tables, grads, budget=1 << 26):
+    """How many slots the dq tasks are dealt to when captured tensors `grads` get gradients:
+    each slot holds a copy of every such gradient, within `budget` bytes, at most 256 (and
+    one task per slot without such gradients). From the shapes alone, never the threads."""
+    items = sh.B * sh.HG * sh.G * sh.NQ
+    if not grads:
+        return items
+    size = sum(8 * math.prod(tables[n][0]) for n in grads)
+    return max(1, min(items, 256, budget // max(1, size)))
+
+
+def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=()):
+    """The dq kernel's source: dQ over the forward's key-tile tables, and the gradient slots
+    of the captured tensors `grads` (table_slots)."""
+    E, gat, io = _Exprs(prog, grp, sh, tables).with_grads(grads), grp.gather, _io(sh)
+    slots = table_slots(sh, tables, grads)
     params = [io[n] for n in ("q", "k", "v", "do", "lse", "dr", "dq", "heads")] + [
         f"tcnt: T.Buffer(({sh.G}, {sh.NQ}), \"int32\")",
         f"tlist: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
         f"tcls: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
-        f"acls: T.Buffer(({sh.G}, {sh.NQA}, {sh.NKA}), \"int32\")"]
+        f"acls: T.Buffer(({sh.G}, {sh.NQA}, {sh.NKA}), \"int32\")"] + [
+        f"{grad_param(n)}: T.Buffer(({slots}, {', '.join(map(str, tables[n][0]))}), \"float64\")" for n in grads]
     w = _open(sh, tables, "backward: dQ", params)
     key_tables(w, sh, E.P, gat)
     # K and V packed transposed per key tile, once per call (qk's layout)
@@ -198,9 +283,17 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False):
         _decode(w, sh, sh.NK, "kb")
         pack_tile(w, sh, "kpk[b, hh, g, kb, ", "g, kb")
         pack_tile(w, sh, "vpk[b, hh, g, kb, ", "g, kb", src="v", width=sh.DV)
-    w(f"for task in T.parallel({sh.B * sh.HG * sh.G * sh.NQ}):")
+    items = sh.B * sh.HG * sh.G * sh.NQ
+    per = -(-items // slots)
+    w(f"for slot in T.parallel({slots}):")
     with w.block():
         _scratch(w, sh, E, [("dqa", (sh.BMP, sh.D))])
+        w(f"for it in range({per}):")
+        w.depth += 1
+        w(f"task = T.min(slot * {per} + it, {items - 1})")
+        if per * slots != items:
+            w(f"if slot * {per} + it < {items}:")
+            w.depth += 1
         _decode(w, sh, sh.NQ, "qi")
         _rows(w, sh, prog, E.P, gat, zero_invalid=False)
         w(f"for r in range({sh.BMP}):")
@@ -214,7 +307,9 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False):
             w("cls = tcls[g, qi, kk]")
             _scores(w, sh, E, "g, kb", None, "vpk[b, hh, g, kb, ")
             _weights(w, sh, prog.norm, lse_grad)
-            _dscores(w, sh, prog.norm, E, lse_grad)
+            _dscores(w, sh, prog.norm, E, lse_grad, chain=False)
+            _table_grads(w, sh, E)
+            _chain(w, sh, E)
             pv(w, sh, acc="dqa", src="k", width=sh.D)
         w(f"for r in range({sh.BM}):")
         with w.block():

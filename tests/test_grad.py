@@ -1,0 +1,182 @@
+"""Gradients of the generated kernels (issue 23) against the float64 autograd of the dense
+oracle, judged like the forward: the parametrized suite, the catalogue, multi-tile shapes
+and random specs; the generated backward's determinism; which specs it serves."""
+import warnings
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import attncc as ac
+from attncc.ir.program import Dims
+from attncc.ops import CATALOGUE
+from attncc.runtime.autograd import BackwardWarning
+
+from oracle import check_grads_against_oracle, make_inputs
+from strategies import multi_tile_specs, random_spec_test, specs
+from test_reference import CASES
+from test_tvm import TVM_CASES, tvm_can
+
+
+def generated(spec, dims, tensors, backend="tvm"):
+    """Whether the backend runs its generated backward for this call (no BackwardWarning)."""
+    q, k, v = (x.requires_grad_() for x in make_inputs(dims))
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        ac.compile(spec, backend=backend)(q, k, v, **tensors)
+    return not any(issubclass(w.category, BackwardWarning) for w in got)
+
+
+# linear attention's backward is not generated yet: it recomputes through the reference, whose
+# fp32 gradient for the identity feature map (denominators near 0, gradients up to 2e4) is off
+# by 3.6x the same-dtype yardstick (0.97 vs 0.26); the generated one must meet the bar
+GRAD_CASES = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="linear backward not generated yet; "
+                                                                           "the reference's recompute misses the bar"))
+              if n == "linear_identity" else n for n in TVM_CASES]
+
+
+@pytest.mark.parametrize("name", GRAD_CASES)
+def test_tvm_gradients_match_dense_oracle(name):
+    spec, dims, tensors = CASES[name]
+    q, k, v = make_inputs(dims)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BackwardWarning)
+        check_grads_against_oracle(spec, q, k, v, tensors, backend="tvm")
+
+
+@pytest.mark.parametrize("entry", [e for e in CATALOGUE if tvm_can(e.spec)],
+                         ids=[e.name for e in CATALOGUE if tvm_can(e.spec)])
+def test_tvm_catalogue_gradients_match_dense_oracle(entry):
+    q, k, v, tensors = entry.inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BackwardWarning)
+        check_grads_against_oracle(entry.spec, q, k, v, tensors, backend="tvm")
+
+
+# several tiles each way (the transposed tables, partial tiles, fully masked rows), every
+# normalizer the generated backward serves, with and without score modifiers
+MULTI_TILE = {
+    "causal": (ac.Attention(ac.causal()), Dims(2, 2, 300, 300, 16, 16)),
+    "causal_bottom_right_softcap": (ac.Attention(ac.causal("bottom_right"), score_mods=ac.softcap(5.0)),
+                                    Dims(1, 2, 260, 390, 16, 16)),
+    "sliding_sigmoid": (ac.Attention(ac.sliding_window(40), normalizer=ac.sigmoid()), Dims(1, 2, 300, 300, 16, 24)),
+    "shifted_windows_alibi": (ac.Attention(ac.window2d((14, 14), (7, 7), (3, 3)), score_mods=ac.alibi()),
+                              Dims(2, 2, 196, 196, 32, 32)),
+    "axial_columns": (ac.Attention(ac.axial((20, 18), 0)), Dims(1, 1, 360, 360, 8, 8)),
+    "partial_window_of_many_tiles": (ac.Attention(ac.window2d((18, 16), (17, 16))), Dims(1, 1, 288, 288, 8, 8)),
+    "full_m_ne_n": (ac.Attention(ac.full(), score_mods=ac.score_mod(lambda s, b, h, q, k: s * 0.5 + (q - k) * 0.01)),
+                    Dims(1, 2, 310, 420, 16, 8)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MULTI_TILE))
+def test_tvm_multi_tile_gradients_are_generated_and_match(name):
+    spec, dims = MULTI_TILE[name]
+    assert generated(spec, dims, {}), "the generated backward should serve this spec"
+    check_grads_against_oracle(spec, *make_inputs(dims), backend="tvm")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_tvm_gradients_in_half_precision(dtype):
+    spec = ac.Attention(ac.window2d((16, 16), (8, 8), (4, 4)), score_mods=ac.softcap(10.0))
+    check_grads_against_oracle(spec, *make_inputs(Dims(1, 2, 256, 256, 16, 16), dtype), backend="tvm")
+
+
+@random_spec_test(25)
+@given(case=specs())
+def test_tvm_random_spec_gradients_match_dense_oracle(case):
+    spec, dims, tensors = case
+    assume(tvm_can(spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BackwardWarning)
+        check_grads_against_oracle(spec, *make_inputs(dims), tensors, backend="tvm")
+
+
+@random_spec_test(10)
+@given(case=multi_tile_specs())
+def test_tvm_multi_tile_random_spec_gradients_match_dense_oracle(case):
+    spec, dims, tensors = case
+    assume(tvm_can(spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BackwardWarning)
+        check_grads_against_oracle(spec, *make_inputs(dims), tensors, backend="tvm")
+
+
+def _grads(spec, dims, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        q, k, v = (x.requires_grad_() for x in make_inputs(dims))
+        out, lse = ac.compile(spec, backend="tvm")(q, k, v, return_lse=True)
+        (out.square().sum() + lse.sum()).backward()
+        return q.grad, k.grad, v.grad
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_tvm_gradients_are_bit_identical_across_runs_and_thread_counts():
+    spec = ac.Attention(ac.causal(), score_mods=ac.alibi())
+    dims = Dims(2, 2, 300, 300, 16, 16)
+    first = _grads(spec, dims, 2)
+    for threads in (2, 1):
+        for a, b in zip(first, _grads(spec, dims, threads)):
+            assert torch.equal(a, b), f"gradients differ at {threads} threads"
+
+
+@pytest.mark.parametrize("spec, why", [
+    (ac.Attention(ac.causal(), normalizer=ac.linear()), "linear attention"),
+    (ac.Attention(ac.window2d((8, 8), (4, 4)), post_mods=ac.decay2d((8, 8), "gamma")), "post modifiers"),
+    (ac.Attention(ac.neighborhood2d((8, 8), (3, 3))), "overlapping key sets"),
+])
+def test_specs_without_a_generated_backward_warn_and_still_differentiate(spec, why):
+    dims = Dims(1, 2, 64, 64, 16, 16)
+    tensors = {"gamma": torch.rand(2)} if "gamma" in repr(spec) else {}
+    q, k, v = (x.requires_grad_() for x in make_inputs(dims))
+    with pytest.warns(BackwardWarning, match=why):
+        out = ac.compile(spec, backend="tvm")(q, k, v, **tensors)
+    out.sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+CAPTURED = {
+    "swin_rpb": (ac.Attention(ac.window2d((8, 8), (4, 4), (2, 2)), score_mods=ac.rel_pos_bias("rpb", (4, 4))),
+                 Dims(2, 2, 64, 64, 16, 16), {"rpb": (49, 2)}),
+    "swin_rpb_multi_tile_softcap": (ac.Attention(ac.window2d((32, 32), (16, 16), (8, 8)),
+                                                 score_mods=(ac.rel_pos_bias("rpb", (16, 16)), ac.softcap(8.0))),
+                                    Dims(1, 2, 1024, 1024, 16, 16), {"rpb": (961, 2)}),
+    "score_mod_reads_two_tables": (ac.Attention(ac.causal(), score_mods=ac.score_mod(
+        lambda s, b, h, q, k, slope, gate: s * gate[h] - slope[h] * (q - k))),
+        Dims(1, 3, 300, 300, 16, 16), {"slope": (3,), "gate": (3,)}),
+    "sigmoid_bias_table": (ac.Attention(ac.sliding_window(20), normalizer=ac.sigmoid(), score_mods=ac.score_mod(
+        lambda s, b, h, q, k, bias: s + bias[h, q - k])), Dims(1, 2, 100, 100, 8, 8), {"bias": (2, 100)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CAPTURED))
+def test_tvm_captured_tensor_gradients_are_generated_and_match(name):
+    spec, dims, shapes = CAPTURED[name]
+    gen = torch.Generator().manual_seed(3)
+    tensors = {n: torch.randn(s, generator=gen) * 0.5 for n, s in shapes.items()}
+    q, k, v = (x.requires_grad_() for x in make_inputs(dims))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BackwardWarning)         # generated, not recomputed
+        ac.compile(spec, backend="tvm")(q, k, v, **{n: x.clone().requires_grad_() for n, x in tensors.items()})
+    check_grads_against_oracle(spec, *make_inputs(dims), tensors, backend="tvm", table_grads=True)
+
+
+def test_tvm_captured_tensor_gradients_are_bit_identical_across_thread_counts():
+    spec, dims, shapes = CAPTURED["swin_rpb_multi_tile_softcap"]
+    rpb = torch.randn(shapes["rpb"], generator=torch.Generator().manual_seed(3))
+    got = []
+    for threads in (2, 1, 2):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            table = rpb.clone().requires_grad_()
+            q, k, v = make_inputs(dims)
+            ac.compile(spec, backend="tvm")(q, k, v, rpb=table).square().sum().backward()
+            got.append(table.grad)
+        finally:
+            torch.set_num_threads(before)
+    assert torch.equal(got[0], got[1]) and torch.equal(got[0], got[2])
