@@ -32,44 +32,67 @@ class BackwardWarning(UserWarning):
 
 
 def _why_not(run, table_grads):
+    if run is None:
+        return "the eager reference backend differentiates through its own operations"
     why = getattr(run, "backward_why_not", None)
     if why is None:
         return "this backend generates no backward kernels yet"
     return why(table_grads)
 
 
+def describe(prog):
+    """The attention a Program computes, in a few words (for messages)."""
+    kinds = sorted({p.kind for g in prog.groups for p in g.preds})
+    return f"{'/'.join(kinds) or 'full'} attention, {prog.norm}"
+
+
+def no_double_backward(what):
+    """Raise when a backward runs with create_graph=True (the generated backward kernels have
+    no backward of their own; a recompute would return gradients that are silently not
+    differentiable). `what`: the attention, in words."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"attncc::attention ({what}): double backward (create_graph=True, e.g. a gradient "
+                           "penalty) is not supported; compute that term with ac.reference(spec), or backward "
+                           "without create_graph")
+
+
+def backward_of(run, prog, names, return_lse, inputs, out, lse, grads, table_grads):
+    """Gradients for inputs = (q, k, v, *captured tensors named `names`) given the output
+    gradients `grads` (dout, dlse or None): from the backend's generated backward kernels
+    (`run`, the compiled program, which read out and lse) when they serve the program, else
+    recomputed through the reference with a BackwardWarning saying why. None for the
+    captured tensors outside `table_grads`."""
+    why = _why_not(run, table_grads)
+    if why is not None:
+        warnings.warn(f"attncc: the backward runs through the eager reference's autograd (slower, more memory): "
+                      f"{why}", BackwardWarning, stacklevel=3)
+        return recompute_grads(prog, inputs, names, return_lse, grads)
+    q, k, v, *tensors = inputs
+    dout, dlse = grads[0], (grads[1] if return_lse else None)
+    if dout is None and dlse is None:
+        return [None] * len(inputs)
+    dq, dk, dv, dtabs = run.backward(q, k, v, out, lse, dout, dlse, dict(zip(names, tensors)), table_grads)
+    return [dq, dk, dv, *(dtabs.get(n) for n in names)]
+
+
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run, prog, names, return_lse, q, k, v, *tensors):
         ctx.prog, ctx.names, ctx.return_lse, ctx.run = prog, names, return_lse, run
-        table_grads = tuple(n for n, x, need in zip(names, tensors, ctx.needs_input_grad[7:])
-                            if need and x.is_floating_point())
-        why = _why_not(run, table_grads)
-        ctx.generated = why is None
-        ctx.table_grads = table_grads
-        captured = dict(zip(names, tensors))
-        if ctx.generated:           # the backward kernels read out and lse: O(N d) saved
-            out, lse = run(q, k, v, captured, return_lse=True)
-            ctx.save_for_backward(q, k, v, out, lse, *tensors)
-            return (out, lse) if return_lse else (out,)
-        warnings.warn(f"attncc: the backward runs through the eager reference's autograd (slower, more memory): "
-                      f"{why}", BackwardWarning, stacklevel=4)
-        ctx.save_for_backward(q, k, v, *tensors)
-        got = run(q, k, v, captured, return_lse=return_lse)
-        return got if return_lse else (got,)
+        ctx.table_grads = tuple(n for n, x, need in zip(names, tensors, ctx.needs_input_grad[7:])
+                                if need and x.is_floating_point())
+        # the generated backward reads out and lse: O(N d) saved, never N x M
+        out, lse = run(q, k, v, dict(zip(names, tensors)), return_lse=True)
+        ctx.save_for_backward(q, k, v, out, lse, *tensors)
+        return (out, lse) if return_lse else (out,)
 
     @staticmethod
     def backward(ctx, *grads):
-        if not ctx.generated:
-            return (None, None, None, None) + tuple(recompute_grads(ctx.prog, ctx.saved_tensors, ctx.names,
-                                                                    ctx.return_lse, grads))
+        no_double_backward(describe(ctx.prog))
         q, k, v, out, lse, *tensors = ctx.saved_tensors
-        dout, dlse = grads[0], (grads[1] if ctx.return_lse else None)
-        if dout is None and dlse is None:
-            return (None,) * (7 + len(tensors))
-        dq, dk, dv, dtabs = ctx.run.backward(q, k, v, out, lse, dout, dlse, dict(zip(ctx.names, tensors)),
-                                             ctx.table_grads)
-        return (None, None, None, None, dq, dk, dv) + tuple(dtabs.get(n) for n in ctx.names)
+        got = backward_of(ctx.run, ctx.prog, ctx.names, ctx.return_lse, (q, k, v, *tensors), out, lse, grads,
+                          ctx.table_grads)
+        return (None, None, None, None) + tuple(got)
 
 
 def differentiable(run, prog, q, k, v, tensors, return_lse):

@@ -13,15 +13,17 @@ time) keeps compilation and TVM out of the traced graph. ``tensors`` are the cap
 named by the comma-separated ``names``. ``lse`` is an empty tensor unless return_lse.
 
 The fake (meta) implementation only computes output shapes: out [B, H, N, dv] in q's dtype,
-lse [B, H, N] float32. Gradients: ``attncc::attention_backward`` recomputes through the eager
-reference (autograd.py), itself an opaque op, so the backward graph traces too.
+lse [B, H, N] float32 (always computed: the backward reads it; ``call`` drops it unless
+asked). Gradients: ``attncc::attention_backward``, itself an opaque op so the backward graph
+traces too, runs the backend's generated backward kernels from out and lse, or recomputes
+through the eager reference where there are none (autograd.backward_of).
 """
 import itertools
 import weakref
 
 import torch
 
-from .autograd import recompute_grads
+from .autograd import backward_of, no_double_backward
 from .inputs import check_call
 
 _OWNERS = weakref.WeakValueDictionary()
@@ -59,24 +61,19 @@ def attention(ref: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tenso
               names: str, return_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     kern = resolve(ref)
     with torch.no_grad():
-        got = kern(q, k, v, return_lse=return_lse, **_unpack(names, tensors))
-    if return_lse:
-        out, lse = got
-        return out.contiguous(), lse.to(torch.float32).contiguous()
-    return got.contiguous(), q.new_empty(0, dtype=torch.float32)
+        out, lse = kern(q, k, v, return_lse=True, **_unpack(names, tensors))
+    return out.contiguous(), lse.to(torch.float32).contiguous()
 
 
 @attention.register_fake
 def _attention_fake(ref, q, k, v, tensors, names, return_lse):
     B, H, N, _ = q.shape
-    out = q.new_empty(B, H, N, v.shape[-1])
-    lse = q.new_empty((B, H, N) if return_lse else (0,), dtype=torch.float32)
-    return out, lse
+    return q.new_empty(B, H, N, v.shape[-1]), q.new_empty((B, H, N), dtype=torch.float32)
 
 
 @torch.library.custom_op("attncc::attention_backward", mutates_args=())
 def attention_backward(ref: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: list[torch.Tensor],
-                       names: str, return_lse: bool, grad_out: torch.Tensor,
+                       names: str, return_lse: bool, out: torch.Tensor, lse: torch.Tensor, grad_out: torch.Tensor,
                        grad_lse: torch.Tensor | None) -> list[torch.Tensor]:
     """Gradients for q, k, v and every captured tensor (an empty tensor for the ones that are
     not floating point)."""
@@ -84,8 +81,11 @@ def attention_backward(ref: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     captured = _unpack(names, tensors)
     prog = kern.lower(*check_call(kern.spec, q, k, v, captured, False)).program
     inputs = (q, k, v, *tensors)
+    run = kern.program_for(q, k, v, captured)
+    floats = tuple(n for n, x in captured.items() if x.is_floating_point())
     with _autograd_dispatch():
-        grads = recompute_grads(prog, inputs, list(captured), return_lse, (grad_out, grad_lse if return_lse else None))
+        grads = backward_of(run, prog, list(captured), return_lse, inputs, out, lse,
+                            (grad_out, grad_lse if return_lse else None), floats)
     # contiguous, as the fake implementation promises
     return [g.contiguous() if g is not None else (x.new_zeros(x.shape) if x.is_floating_point() else x.new_empty(0))
             for g, x in zip(grads, inputs)]
@@ -102,23 +102,25 @@ def _autograd_dispatch():
 
 
 @attention_backward.register_fake
-def _attention_backward_fake(ref, q, k, v, tensors, names, return_lse, grad_out, grad_lse):
+def _attention_backward_fake(ref, q, k, v, tensors, names, return_lse, out, lse, grad_out, grad_lse):
     return [x.new_empty(x.shape) if x.is_floating_point() else x.new_empty(0) for x in (q, k, v, *tensors)]
 
 
 def _setup_context(ctx, inputs, output):
     ref, q, k, v, tensors, names, return_lse = inputs
     ctx.ref, ctx.names, ctx.return_lse, ctx.n = ref, names, return_lse, len(tensors)
-    ctx.save_for_backward(q, k, v, *tensors)
+    ctx.save_for_backward(q, k, v, *output, *tensors)
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, *tensors = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        no_double_backward(repr(resolve(ctx.ref).spec))
+    q, k, v, out, lse, *tensors = ctx.saved_tensors
     if grad_out is None:
         grad_out = q.new_zeros(*q.shape[:3], v.shape[-1])
     if not ctx.return_lse:
         grad_lse = None
-    got = attention_backward(ctx.ref, q, k, v, tensors, ctx.names, ctx.return_lse, grad_out, grad_lse)
+    got = attention_backward(ctx.ref, q, k, v, tensors, ctx.names, ctx.return_lse, out, lse, grad_out, grad_lse)
     fl = [x.is_floating_point() for x in (q, k, v, *tensors)]
     g = [gi if f else None for gi, f in zip(got, fl)]
     return None, g[0], g[1], g[2], g[3:], None, None

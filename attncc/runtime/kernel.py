@@ -199,6 +199,19 @@ class Kernel:
         low = self.lower(dims, dtype)
         return eager.run(low.program, q, k, v, tensors, return_lse=return_lse)
 
+    def program_for(self, q, k, v, tensors):
+        """The compiled program a call with these tensors runs (TVMProgram or TritonProgram;
+        what the torch.compile path's backward asks for its generated kernels), or None when
+        it runs the eager reference."""
+        dims, dtype = check_call(self.spec, q, k, v, tensors, False)
+        tensors = layouts(self.spec, tensors, dims)
+        if self.backend == "triton" or (self.requested == "auto" and q.device.type == "cuda"
+                                        and "triton" in available()):
+            return self.compiled_triton(dims, dtype, tensors, triton_target(q.device))
+        if self.backend == "tvm" and q.device.type == "cpu":
+            return self.compiled(dims, dtype, tensors)
+        return None
+
     def _with_routing(self, q, k, v, return_lse, tensors):
         """The call's results and the routing table [B, S^2, topk] (int64; the routed regions
         of every query region, in no particular order): the one the generated kernel's
