@@ -1,7 +1,7 @@
 """What every backend's generated backward needs to know about a lowered Program: whether
 its backward kernels can be generated (and if not, why, in words a user can act on), and
 which of its inputs get gradients from them."""
-from .tiles import RuntimeLayout, slots_once
+from .tiles import slots_once
 
 
 def why_not(prog):
@@ -13,8 +13,6 @@ def why_not(prog):
     if prog.prologues:
         return "the backward of routed attention is not generated yet"
     for grp in prog.groups:
-        if RuntimeLayout.of(prog, grp) is not None:
-            return "the backward of a block-sparse layout passed per call is not generated yet"
         if not slots_once(grp):
             return (f"the {grp.gather.kind} gather reads a key in several groups (overlapping key sets), whose "
                     "dK and dV need a reduction that is not generated yet")

@@ -136,16 +136,8 @@ class RuntimeLayout:
         call's layout. The list holds the non-empty key tiles in key order; clean_first puts
         the FULL tiles that end inside the keys first (the Triton kernels sweep them without
         masks) and the counts become [HG, NQ, 2]: all tiles, those FULL ones."""
-        acls = self.atom_classes(grp, layout)
+        tiles, acls = self.tiles(grp, layout)
         bm, bn = grp.plan.block_m, grp.plan.block_n
-        fq, fk = bm // grp.blocks.atom[0], bn // grp.blocks.atom[1]
-        HG, nqa, nka = acls.shape
-        pq, pk = -nqa % fq, -nka % fk
-        c = torch.nn.functional.pad(acls, (0, pk, 0, pq), value=EMPTY).view(HG, -1, fq, (nka + pk) // fk, fk)
-        real = torch.nn.functional.pad(torch.ones_like(acls, dtype=torch.bool), (0, pk, 0, pq)).view(c.shape)
-        anyset = (c != EMPTY).any(4).any(2)
-        allfull = ((c == FULL) | ~real).all(4).all(2)
-        tiles = torch.where(allfull & anyset, FULL, torch.where(anyset, PARTIAL, EMPTY)).to(torch.int32)
         nk = tiles.shape[-1]
         kidx = torch.arange(nk, device=tiles.device)
         clean = (tiles == FULL) & ((kidx + 1) * bn <= grp.gather.Lk)
@@ -156,3 +148,28 @@ class RuntimeLayout:
         if clean_first:         # the Triton kernels' layout: counts [HG, NQ, 2] (all, clean)
             return torch.stack((cnt, clean.sum(-1, dtype=torch.int32)), -1), lst.contiguous(), cls.contiguous(), acls
         return cnt, lst.contiguous(), cls.contiguous(), acls
+
+    def query_tables(self, grp, layout):
+        """The transposed tables for this call's layout, for the backward's dK and dV:
+        (count [HG, NK], list [HG, NK, NQ], class) of the query tiles that see each key tile,
+        in query order."""
+        tiles = self.tiles(grp, layout)[0].transpose(-1, -2)
+        nq = tiles.shape[-1]
+        qidx = torch.arange(nq, device=tiles.device)
+        lst = torch.argsort(torch.where(tiles == EMPTY, 1, 0) * nq + qidx, dim=-1).to(torch.int32)
+        return ((tiles != EMPTY).sum(-1, dtype=torch.int32), lst.contiguous(),
+                torch.gather(tiles, -1, lst.long()).contiguous())
+
+    def tiles(self, grp, layout):
+        """(tile classes [HG, NQ, NK], atom classes [HG, NQA, NKA]) for this call's layout."""
+        acls = self.atom_classes(grp, layout)
+        bm, bn = grp.plan.block_m, grp.plan.block_n
+        fq, fk = bm // grp.blocks.atom[0], bn // grp.blocks.atom[1]
+        HG, nqa, nka = acls.shape
+        pq, pk = -nqa % fq, -nka % fk
+        c = torch.nn.functional.pad(acls, (0, pk, 0, pq), value=EMPTY).view(HG, -1, fq, (nka + pk) // fk, fk)
+        real = torch.nn.functional.pad(torch.ones_like(acls, dtype=torch.bool), (0, pk, 0, pq)).view(c.shape)
+        anyset = (c != EMPTY).any(4).any(2)
+        allfull = ((c == FULL) | ~real).all(4).all(2)
+        tiles = torch.where(allfull & anyset, FULL, torch.where(anyset, PARTIAL, EMPTY)).to(torch.int32)
+        return tiles, acls

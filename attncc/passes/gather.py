@@ -122,7 +122,10 @@ def dense(dims):
     return Gather("dense", 1, dims.N, dims.M, S.t, T, S.u, T)
 
 
-def gather(prog):
+def gather(prog, per_query=True):
+    """Index maps for every head group: the best rule's gather, else the dense source.
+    per_query=False leaves out gathers of keys per query (neighborhoods), whose key slots
+    overlap: the backward's dK and dV then tile the dense source with the mask."""
     for k, grp in enumerate(prog.groups):
         best = None
         for n, pred in enumerate(grp.preds):
@@ -130,7 +133,7 @@ def gather(prog):
             if rule is None:
                 continue
             gat, implied = rule(pred, prog.dims)
-            if gat is None or (gat.per_query and prog.target not in PER_QUERY_TARGETS):
+            if gat is None or (gat.per_query and (not per_query or prog.target not in PER_QUERY_TARGETS)):
                 continue
             rank = (pred.kind != "routing", gat.Lk, PRIORITY.index(pred.kind))
             if best is None or rank < best[0]:

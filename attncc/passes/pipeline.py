@@ -43,7 +43,8 @@ def _flag(name):
     return os.environ.get(name, "") not in ("", "0")
 
 
-def lower(spec, dims, dtype="float32", target="reference", plans=None, verify=None, dump=None):
+def lower(spec, dims, dtype="float32", target="reference", plans=None, verify=None, dump=None, per_query=True):
+    """Run the passes on `spec` at `dims`; per_query=False: no per-query key gathers (gather)."""
     verify = _flag("ATTNCC_VERIFY") if verify is None else verify
     dump = _flag("ATTNCC_DUMP_IR") if dump is None else dump
     t0 = time.perf_counter()
@@ -53,7 +54,7 @@ def lower(spec, dims, dtype="float32", target="reference", plans=None, verify=No
         verify_program(prog)
     for p in PASSES:
         t0 = time.perf_counter()
-        prog = p(prog, plans) if p is plan else p(prog)
+        prog = p(prog, plans) if p is plan else p(prog, per_query) if p is gather else p(prog)
         stages.append((p.__name__, prog, time.perf_counter() - t0))
         if verify:
             verify_program(prog)

@@ -110,13 +110,14 @@ class Kernel:
     def _kernel_for_ref(self, suffix):
         return self
 
-    def lower(self, dims, dtype="float32", target=None):
+    def lower(self, dims, dtype="float32", target=None, per_query=True):
         """The Lowered pipeline result for these dims (cached). `target` defaults to the
         backend's (the triton backend plans for sm_80 unless a call's device says sm_90).
         With tune=..., the plans come from the schedule database when it has them (for a GPU
-        target: what a call on CUDA tensors looked up or tuned, tuned_plans)."""
+        target: what a call on CUDA tensors looked up or tuned, tuned_plans). per_query=False:
+        without per-query key gathers (the backward's program for neighborhoods)."""
         target = target or self._target
-        key = (dims, dtype, target)
+        key = (dims, dtype, target) + (() if per_query else ("no per-query gathers",))
         got = self._lowered.get(key)
         if got is None:
             plans = None
@@ -125,12 +126,13 @@ class Kernel:
             elif self.tune and target in TUNED_TARGETS:
                 plans = self._tuned.get(key)
             try:
-                got = lower(self.spec, dims, dtype, target=target, plans=plans)
+                got = lower(self.spec, dims, dtype, target=target, plans=plans if per_query else None,
+                            per_query=per_query)
             except ValueError:
                 if plans is None or self._tuned.get(key) is not None:
                     raise
                 # a record of a nearby shape whose tiles do not fit this shape's atoms: defaults
-                got = lower(self.spec, dims, dtype, target=target)
+                got = lower(self.spec, dims, dtype, target=target, per_query=per_query)
             self._lowered[key] = got
         self._last = (dims, dtype)
         return got
@@ -287,7 +289,8 @@ class Kernel:
             try:
                 if self.tune:
                     self.tuned_plans(dims, dtype, tensors)      # tunes on a database miss
-                self._compiled[key] = TVMProgram(self.lower(dims, dtype).program, tensors)
+                self._compiled[key] = TVMProgram(self.lower(dims, dtype).program, tensors,
+                                                 relower=lambda: self.lower(dims, dtype, per_query=False).program)
             except Unsupported as e:
                 if self.requested != "auto":
                     raise
@@ -322,7 +325,7 @@ class Kernel:
             if comp and comp[0] is not None:
                 c = comp[0]
                 how = "loaded from the disk cache" if all(g.from_disk for g, _ in c.groups) else "compiled"
-                tail = [f"=== generated TVMScript ({how} in {c.seconds:.2f} s)", c.source]
+                tail = [f"=== generated TVMScript ({how} in {c.seconds:.2f} s)", c.source, *c.explain_backward()]
             elif comp:
                 tail = ["generated source: none (backend='auto' runs the reference for this spec)"]
             else:

@@ -77,8 +77,9 @@ def output_like(q, dv):
 class TVMProgram:
     """The compiled kernels of a Program for one set of captured-tensor shapes."""
 
-    def __init__(self, prog, tensors, skip=()):
+    def __init__(self, prog, tensors, skip=(), relower=None):
         check(prog)
+        self.relower = relower      # () -> the program without per-query gathers (backward_program)
         self.prog, self.skip = prog, skip
         self.meta = _table_meta(prog, tensors)
         self.consts = {c.name: torch.from_numpy(np.ascontiguousarray(c.array, dtype=np.int32)) for c in prog.constants}
@@ -158,10 +159,36 @@ class TVMProgram:
         o = o.to(q.dtype)
         return (o, lse) if return_lse else o
 
+    def explain_backward(self):
+        """The backward's part of explain(): the generated kernels' plans and sources once a
+        backward compiled them, else what a backward will run."""
+        why = why_not(self.backward_program)
+        if why is not None:
+            return [f"backward: recomputes through the eager reference ({why})"]
+        if not self.grads:
+            return ["backward: generated kernels (dQ; dK and dV), compiled at the first backward"]
+        out = []
+        for (lse_grad, grads), groups in self.grads.items():
+            for grp, _, dq, dkv, _, slots in groups:
+                out.append(f"=== generated backward TVMScript, heads {grp.heads}: {grp.plan}"
+                           + (f"; gradients of {', '.join(grads)} in {slots} slots" if grads else "")
+                           + ("; with the lse's gradient" if lse_grad else ""))
+                out += [dq.source, dkv.source]
+        return out
+
+    @property
+    def backward_program(self):
+        """The program the backward kernels are generated from: the forward's, or where it
+        gathers keys per query (neighborhoods: overlapping key slots) the same spec lowered
+        without such gathers (the dense source, tiles classified by the mask)."""
+        if self.relower is not None and any(g.gather.per_query for g in self.prog.groups):
+            return self.relower()
+        return self.prog
+
     def backward_why_not(self, table_grads=()):
         """None when the generated backward kernels serve this program and the gradients of
         the captured tensors `table_grads` (they compile here), else why not."""
-        why = why_not(self.prog)
+        why = why_not(self.backward_program)
         if why is None:
             try:
                 self.backward_kernels(False, tuple(table_grads))
@@ -170,22 +197,29 @@ class TVMProgram:
         return why
 
     def backward_kernels(self, lse_grad, grads=()):
-        """Per group: (dq kernel and its tables, dkv kernel and its tables, gradient slots),
-        backward.py; `grads`: the captured tensors that get gradients."""
+        """Per group: (group, heads, dq kernel, dkv kernel, their tables or the RuntimeLayout
+        that makes them per call, gradient slots), backward.py; `grads`: the captured tensors
+        that get gradients."""
         key = (lse_grad, grads)
         if key not in self.grads:
-            out = []
-            for grp in self.prog.groups:
-                cnt, lst, cls = tile_tables(grp)
-                qcnt, qlst, qcls = query_tile_tables(grp)
-                sh = group_shape(self.prog, grp, lst.shape[-1])
-                acls = torch.from_numpy(grp.blocks.classes.astype(np.int32))
+            out, prog = [], self.backward_program
+            for grp in prog.groups:
                 heads = torch.tensor(grp.heads, dtype=torch.int32)
-                dq = compile_source(generate_dq(self.prog, grp, sh, self.meta, lse_grad, grads), [])
-                dkv = compile_source(generate_dkv(self.prog, grp, sh, self.meta, qlst.shape[-1], lse_grad), [])
-                out.append((dq, [heads, *(torch.from_numpy(x) for x in (cnt, lst, cls)), acls],
-                            dkv, [heads, *(torch.from_numpy(x) for x in (qcnt, qlst, qcls)), acls],
-                            table_slots(sh, self.meta, grads)))
+                layout = RuntimeLayout.of(prog, grp)
+                if layout is not None:          # the tables come with each call's layout (backward)
+                    nk, nq = -(-grp.gather.Lk // grp.plan.block_n), -(-grp.gather.Lq // grp.plan.block_m)
+                    sh = group_shape(prog, grp, nk, tg=len(grp.heads) * grp.gather.G)
+                    fixed, qmax = layout, nq
+                else:
+                    cnt, lst, cls = tile_tables(grp)
+                    qcnt, qlst, qcls = query_tile_tables(grp)
+                    sh, qmax = group_shape(prog, grp, lst.shape[-1]), qlst.shape[-1]
+                    acls = torch.from_numpy(grp.blocks.classes.astype(np.int32))
+                    fixed = ([torch.from_numpy(x) for x in (cnt, lst, cls)] + [acls],
+                             [torch.from_numpy(x) for x in (qcnt, qlst, qcls)] + [acls])
+                dq = compile_source(generate_dq(prog, grp, sh, self.meta, lse_grad, grads), [])
+                dkv = compile_source(generate_dkv(prog, grp, sh, self.meta, qmax, lse_grad), [])
+                out.append((grp, heads, dq, dkv, fixed, table_slots(sh, self.meta, grads)))
             self.grads[key] = out
         return self.grads[key]
 
@@ -206,10 +240,14 @@ class TVMProgram:
         dq, dk, dv = (torch.zeros_like(x) for x in (qf, kf, vf))
         tabs = [as_table(tensors[n]) if n in tensors else self.consts[n] for n in self.names]
         dtabs = {n: torch.zeros(tensors[n].shape, dtype=torch.float64) for n in grads}
-        for cq, aq, ckv, akv, slots in self.backward_kernels(lse_grad, tuple(grads)):
+        for grp, heads, cq, ckv, fixed, slots in self.backward_kernels(lse_grad, tuple(grads)):
+            if isinstance(fixed, RuntimeLayout):       # this call's layout decides the tiles
+                lay = tabs[self.names.index(fixed.name)]
+                cnt, lst, cls, acls = fixed.tables(grp, lay)
+                fixed = ([cnt, lst, cls, acls], [*fixed.query_tables(grp, lay), acls])
             parts = [torch.zeros(slots, *tensors[n].shape, dtype=torch.float64) for n in grads]
-            cq.fn(qf, kf, vf, do, lse, dr, dq, *aq, *parts, *tabs)
-            ckv.fn(qf, kf, vf, do, lse, dr, dk, dv, *akv, *tabs)
+            cq.fn(qf, kf, vf, do, lse, dr, dq, heads, *fixed[0], *parts, *tabs)
+            ckv.fn(qf, kf, vf, do, lse, dr, dk, dv, heads, *fixed[1], *tabs)
             for n, part in zip(grads, parts):
                 for p in part:                  # in slot order: the same bits at any thread count
                     dtabs[n] += p

@@ -268,10 +268,10 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=()):
     E, gat, io = _Exprs(prog, grp, sh, tables).with_grads(grads), grp.gather, _io(sh)
     slots = table_slots(sh, tables, grads)
     params = [io[n] for n in ("q", "k", "v", "do", "lse", "dr", "dq", "heads")] + [
-        f"tcnt: T.Buffer(({sh.G}, {sh.NQ}), \"int32\")",
-        f"tlist: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
-        f"tcls: T.Buffer(({sh.G}, {sh.NQ}, {sh.KMAX}), \"int32\")",
-        f"acls: T.Buffer(({sh.G}, {sh.NQA}, {sh.NKA}), \"int32\")"] + [
+        f"tcnt: T.Buffer(({sh.table_rows}, {sh.NQ}), \"int32\")",
+        f"tlist: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
+        f"tcls: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
+        f"acls: T.Buffer(({sh.table_rows}, {sh.NQA}, {sh.NKA}), \"int32\")"] + [
         f"{grad_param(n)}: T.Buffer(({slots}, {', '.join(map(str, tables[n][0]))}), \"float64\")" for n in grads]
     w = _open(sh, tables, "backward: dQ", params)
     key_tables(w, sh, E.P, gat)
@@ -301,10 +301,10 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=()):
             w(f"for j in T.vectorized({sh.D}):")
             with w.block():
                 w("dqa[r, j] = T.float32(0)")
-        w(f"for kk in range(tcnt[g, qi]):")
+        w(f"for kk in range(tcnt[{sh.tg}, qi]):")
         with w.block():
-            w("kb = tlist[g, qi, kk]")
-            w("cls = tcls[g, qi, kk]")
+            w(f"kb = tlist[{sh.tg}, qi, kk]")
+            w(f"cls = tcls[{sh.tg}, qi, kk]")
             _scores(w, sh, E, "g, kb", None, "vpk[b, hh, g, kb, ")
             _weights(w, sh, prog.norm, lse_grad)
             _dscores(w, sh, prog.norm, E, lse_grad, chain=False)
@@ -325,10 +325,10 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False):
     """The dkv kernel's source: dK and dV over the transposed tables (qmax: their width)."""
     E, gat, io = _Exprs(prog, grp, sh, tables), grp.gather, _io(sh)
     params = [io[n] for n in ("q", "k", "v", "do", "lse", "dr", "dk", "dv", "heads")] + [
-        f"qcnt: T.Buffer(({sh.G}, {sh.NK}), \"int32\")",
-        f"qlist: T.Buffer(({sh.G}, {sh.NK}, {qmax}), \"int32\")",
-        f"qcls: T.Buffer(({sh.G}, {sh.NK}, {qmax}), \"int32\")",
-        f"acls: T.Buffer(({sh.G}, {sh.NQA}, {sh.NKA}), \"int32\")"]
+        f"qcnt: T.Buffer(({sh.table_rows}, {sh.NK}), \"int32\")",
+        f"qlist: T.Buffer(({sh.table_rows}, {sh.NK}, {qmax}), \"int32\")",
+        f"qcls: T.Buffer(({sh.table_rows}, {sh.NK}, {qmax}), \"int32\")",
+        f"acls: T.Buffer(({sh.table_rows}, {sh.NQA}, {sh.NKA}), \"int32\")"]
     w = _open(sh, tables, "backward: dK, dV", params)
     key_tables(w, sh, E.P, gat)
     w(f"for task in T.parallel({sh.B * sh.HG * sh.G * sh.NK}):")
@@ -346,10 +346,10 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False):
             w(f"for j in T.vectorized({sh.DV}):")
             with w.block():
                 w("dva[c, j] = T.float32(0)")
-        w(f"for qq in range(qcnt[g, kb]):")
+        w(f"for qq in range(qcnt[{sh.tg}, kb]):")
         with w.block():
-            w("qi = qlist[g, kb, qq]")
-            w("cls = qcls[g, kb, qq]")
+            w(f"qi = qlist[{sh.tg}, kb, qq]")
+            w(f"cls = qcls[{sh.tg}, kb, qq]")
             _rows(w, sh, prog, E.P, gat, zero_invalid=True)
             _scores(w, sh, E, "g, kb", "kpl[", "vpl[")
             _weights(w, sh, prog.norm, lse_grad)
