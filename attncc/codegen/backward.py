@@ -8,8 +8,6 @@ def why_not(prog):
     """None when the generated backward serves this program, else the reason."""
     if prog.norm.kind == "linear":
         return "linear attention's backward kernels are not generated yet"
-    if prog.post:
-        return "the backward of post modifiers (decay2d, clipped) is not generated yet"
     if prog.prologues:
         return "the backward of routed attention is not generated yet"
     for grp in prog.groups:

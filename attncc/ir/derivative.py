@@ -12,10 +12,14 @@ from . import symbols as S
 
 
 def _printable(expr):
-    """Heaviside and sign (from differentiating Max, Min or Abs) as Piecewise, which every
-    printer has; DiracDelta (a derivative of Heaviside) is 0 almost everywhere."""
+    """Heaviside and sign (from differentiating Max, Min or Abs) as Piecewise of comparisons, which
+    every printer has (its value at 0 is a subgradient's choice: 1); DiracDelta (a
+    derivative of Heaviside) is 0 almost everywhere."""
     expr = expr.replace(lambda e: isinstance(e, sympy.DiracDelta), lambda e: sympy.Integer(0))
-    return expr.rewrite(sympy.Piecewise)
+    expr = expr.replace(lambda e: isinstance(e, sympy.Heaviside),
+                        lambda e: sympy.Piecewise((0, e.args[0] < 0), (1, True)))
+    return expr.replace(lambda e: isinstance(e, sympy.sign),
+                        lambda e: sympy.Piecewise((1, e.args[0] > 0), (-1, e.args[0] < 0), (0, True)))
 
 
 def score_derivative(score):
@@ -24,8 +28,15 @@ def score_derivative(score):
     return _printable(sympy.diff(score, S.score))
 
 
+def weight_derivative(post):
+    """d post / d weight of the post modifiers' chain (decay2d: its decay factor; clipped: the
+    stretch inside the clamp, 0 where it clips)."""
+    return _printable(sympy.diff(post, S.weight))
+
+
 def table_partials(score, names):
-    """{table read (an Indexed of a tensor in `names`): d score' / d read}: the coefficient of
-    each float captured tensor's read in the score (1 for an added bias)."""
+    """{table read (an Indexed of a tensor in `names`): d expr / d read}: the coefficient of
+    each float captured tensor's read in the score (1 for an added bias), or in the post
+    modifiers' chain."""
     reads = sorted((x for x in sympy.sympify(score).atoms(sympy.Indexed) if str(x.base.label) in names), key=str)
     return {x: _printable(sympy.diff(score, x)) for x in reads}

@@ -232,7 +232,8 @@ class TVMProgram:
         do = (torch.zeros_like(out, dtype=torch.float32) if dout is None else dout.to(torch.float32)).contiguous()
         lse = lse.to(torch.float32).contiguous()
         softmax = self.prog.norm.kind == "softmax"
-        dr = (do * out.to(torch.float32)).sum(-1) if softmax else torch.zeros_like(lse)
+        # softmax: D = rowsum(dO * out); through post modifiers the dq kernel adds it up itself
+        dr = (do * out.to(torch.float32)).sum(-1) if softmax and not self.prog.post else torch.zeros_like(lse)
         lse_grad = dlse is not None and not softmax
         if dlse is not None:
             dr = dr - dlse.to(torch.float32)

@@ -34,16 +34,16 @@ import math
 import sympy
 
 from ...ir import symbols as S
-from ...ir.derivative import score_derivative, table_partials
+from ...ir.derivative import score_derivative, table_partials, weight_derivative
 from ..captured import param
 from ..writer import SourceWriter
 from .items import query_row
 from .microkernel import gemm, mask, pack_tile, pv, qk, reduce_over, value_lanes
 from .printer import TIRPrinter
-from .source import _sigmoid, close_kernel, key_tables
+from .source import _post_chain, _sigmoid, close_kernel, key_tables
 
 HEADER = ("from tvm.script import tirx as T",
-          "from attncc.codegen.tvm.intrin import NEG, NEG_HALF, fexp, fexp_any, flog, flog_any, ftanh, live")
+          "from attncc.codegen.tvm.intrin import NEG, NEG_HALF, fexp, fexp_any, flog, flog_any, ftanh, lanes_sum, live")
 
 
 def _open(sh, tables, what, params):
@@ -78,8 +78,8 @@ def _io(sh):
 
 
 class _Exprs:
-    """The score modifier, its derivative, the residual mask and the differentiated table
-    reads as TIR text at a score column."""
+    """The score modifier, the post modifiers, their derivatives, the residual mask and the
+    differentiated table reads as TIR text at a score column."""
 
     def __init__(self, prog, grp, sh, tables):
         self.prog, self.sh = prog, sh
@@ -87,33 +87,49 @@ class _Exprs:
         self.base = {S.g: ("g", "int"), S.b: ("b", "int"), S.h: ("h", "int")}
         self.mod = prog.score != S.score
         self.deriv = score_derivative(prog.score) if self.mod else 1
-        self.reads = []         # (read, coefficient, its per-pair buffer or None)
+        self.post = _post_chain(prog) if prog.post else None
+        self.dpost = weight_derivative(self.post) if self.post is not None else None
+        self.reads, self.post_reads = [], []    # (read, coefficient, its per-pair buffer or None)
         P = TIRPrinter({**self.base, S.t: ("t", "int"), S.u: ("u", "int"), S.i: ("qtok[r]", "int"),
                         S.j: ("ktk[g, kb, c]", "int")}, self.tables)
         self.pair_ok = P(grp.residual, "bool") if grp.residual is not None else "T.bool(True)"
         self.P = TIRPrinter({**self.base, S.t: ("t", "int"), S.u: ("u", "int")}, self.tables)
 
     def with_grads(self, names):
-        """Differentiate the score's reads of the tensors `names` too (a coefficient that
-        varies per pair gets a buffer, filled while the raw score is at hand)."""
-        parts = table_partials(self.prog.score, set(names))
-        self.reads = [(x, c, None if not c.free_symbols - {S.b, S.h, S.g} and not c.atoms(sympy.Indexed)
-                       else f"tc{n}") for n, (x, c) in enumerate(parts.items())]
+        """Differentiate the score's and the post modifiers' reads of the tensors `names` too
+        (a coefficient that varies per pair gets a buffer, filled while the raw score, or the
+        weight, is at hand)."""
+        def reads(expr, prefix):
+            if expr is None:
+                return []
+            parts = table_partials(expr, set(names))
+            return [(x, c, None if not c.free_symbols - {S.b, S.h, S.g} and not c.atoms(sympy.Indexed)
+                     else f"{prefix}{n}") for n, (x, c) in enumerate(parts.items())]
+        self.reads, self.post_reads = reads(self.prog.score, "tc"), reads(self.post, "pc")
         return self
 
-    def _names(self, col):
+    def _names(self, col, weight=None):
         sh = self.sh
-        return {**self.base, S.t: (f"(qi * {sh.BM} + r)", "int"), S.u: (f"(kb * {sh.BN} + {col})", "int"),
-                S.i: ("qtok[r]", "int"), S.j: (f"ktk[g, kb, {col}]", "int"), S.score: (f"s[r, {col}]", "float")}
+        names = {**self.base, S.t: (f"(qi * {sh.BM} + r)", "int"), S.u: (f"(kb * {sh.BN} + {col})", "int"),
+                 S.i: ("qtok[r]", "int"), S.j: (f"ktk[g, kb, {col}]", "int"), S.score: (f"s[r, {col}]", "float")}
+        if weight is not None:
+            names[S.weight] = (weight, "float")
+        return names
 
-    def at(self, expr, col):
-        return TIRPrinter(self._names(col), self.tables)(expr, "float")
+    def at(self, expr, col, weight=None):
+        return TIRPrinter(self._names(col, weight), self.tables)(expr, "float")
 
     def index(self, read, col):
         """The indices of a table read at column `col`, clamped as the printer's reads are."""
         P = TIRPrinter(self._names(col), self.tables)
         shape = self.tables[str(read.base.label)][0]
         return ", ".join(f"T.max(T.min({P(ix, 'int')}, {n - 1}), 0)" for ix, n in zip(read.indices, shape))
+
+    def buffers(self):
+        """The per-pair scratch tiles these expressions need besides s and dp."""
+        names = ["fd"] if self.mod and self.deriv != 1 else []
+        names += ["wp", "fdw"] if self.post is not None else []
+        return names + [buf for _, _, buf in self.reads + self.post_reads if buf]
 
 
 def _rows(w, sh, prog, P, gat, zero_invalid):
@@ -157,8 +173,10 @@ def _scores(w, sh, E, kslot, ktile, vtile):
     qk(w, sh, kslot=kslot, ktile=vtile, a="dos", depth=sh.DV, out="dp")
 
 
-def _weights(w, sh, norm, lse_grad):
-    """s (the masked score s') becomes the weight p, 0 where masked or no query."""
+def _weights(w, sh, norm, E, lse_grad):
+    """s (the masked score s') becomes the weight p, 0 where masked or no query; with post
+    modifiers also wp = post(p) (what multiplies V), fdw = d post / d p and the post tables'
+    coefficients; with a sigmoid's lse gradient, sl = exp(s' - lse)."""
     L = sh.SL
     col = f"cc * {L} + i"
     w(f"for r in range({sh.BMP}):")
@@ -168,18 +186,22 @@ def _weights(w, sh, norm, lse_grad):
             w(f"for i in T.vectorized({L}):")
             with w.block():
                 sc = f"s[r, {col}]"
-                if norm.kind == "softmax":
-                    p = f"fexp({sc} - lr[r])"
-                else:
-                    p = _sigmoid(norm, sc)
-                    if lse_grad:         # the lse's own gradient: its softmax weights times dlse
-                        w(f"dp[r, {col}] = dp[r, {col}] * {p} * (T.float32(1) - {p}) "
-                          f"- live({sc}, fexp({sc} - lr[r])) * drr[r]")
-                w(f"{sc} = T.Select(qok[r] != 0, live({sc}, {p}), T.float32(0))")
+                p = f"fexp({sc} - lr[r])" if norm.kind == "softmax" else _sigmoid(norm, sc)
+                keep = lambda x: f"T.Select(qok[r] != 0, live({sc}, {x}), T.float32(0))"
+                if E.post is not None:
+                    w(f"wp[r, {col}] = {keep(E.at(E.post, col, p))}")
+                    w(f"fdw[r, {col}] = {keep(E.at(E.dpost, col, p))}")
+                    for _, coef, buf in E.post_reads:
+                        if buf:
+                            w(f"{buf}[r, {col}] = {keep(E.at(coef, col, p))}")
+                if norm.kind != "softmax" and lse_grad:
+                    w(f"sl[r, {col}] = {keep(f'fexp({sc} - lr[r])')}")
+                w(f"{sc} = {keep(p)}")
 
 
 def _dscores(w, sh, norm, E, lse_grad, chain=True):
-    """s (the weight p) becomes dS = dS' * f'(s) (dS' alone unless `chain`: _chain then)."""
+    """s (the weight p) becomes dS = dS' * f'(s) (dS' alone unless `chain`: _chain then).
+    dL/dp is dp, or dp * fdw through post modifiers."""
     L = sh.SL
     col = f"cc * {L} + i"
     w(f"for r in range({sh.BMP}):")
@@ -188,18 +210,34 @@ def _dscores(w, sh, norm, E, lse_grad, chain=True):
         with w.block():
             w(f"for i in T.vectorized({L}):")
             with w.block():
-                sc, dp = f"s[r, {col}]", f"dp[r, {col}]"
+                sc = f"s[r, {col}]"
+                dw = f"dp[r, {col}]" + (f" * fdw[r, {col}]" if E.post is not None else "")
                 if norm.kind == "softmax":
-                    ds = f"{sc} * ({dp} - drr[r])"
-                elif lse_grad:
-                    ds = dp
+                    ds = f"{sc} * ({dw} - drr[r])"
                 else:
-                    ds = f"{dp} * {sc} * (T.float32(1) - {sc})"
+                    ds = f"{dw} * {sc} * (T.float32(1) - {sc})"
+                    if lse_grad:        # the lse's own gradient: its softmax weights times dlse (drr = -dlse)
+                        ds = f"{ds} - sl[r, {col}] * drr[r]"
                 if chain and E.mod and E.deriv != 1:
                     ds = f"({ds}) * fd[r, {col}]"
-                # masked pairs: p = 0 gives dS = 0 (a sigmoid's dS' needs the explicit zero)
-                w(f"{sc} = T.Select({sc} == T.float32(0), T.float32(0), {ds})" if norm.kind != "softmax"
-                  else f"{sc} = {ds}")
+                w(f"{sc} = {ds}")
+
+
+def _row_sums(w, sh):
+    """dracc[r] += sum over the tile of p * dL/dp (softmax through post modifiers: the
+    row's D, which rowsum(dO * out) is not when out is made of post(p))."""
+    w(f"for r in range({sh.BMP}):")
+    with w.block():
+        w(f"for i in T.vectorized({sh.SL}):")
+        with w.block():
+            w("lanes[i] = T.float32(0)")
+        w(f"for cc in range({sh.BNP // sh.SL}):")
+        with w.block():
+            w(f"for i in T.vectorized({sh.SL}):")
+            with w.block():
+                c = f"cc * {sh.SL} + i"
+                w(f"lanes[i] = lanes[i] + s[r, {c}] * dp[r, {c}] * fdw[r, {c}]")
+        w(f"dracc[r] = dracc[r] + lanes_sum(lanes, {sh.SL})")
 
 
 def _chain(w, sh, E):
@@ -216,12 +254,13 @@ def _chain(w, sh, E):
                 w(f"s[r, cc * {L} + i] = s[r, cc * {L} + i] * fd[r, cc * {L} + i]")
 
 
-def _table_grads(w, sh, E):
-    """Each differentiated read's gradient += dS' * its coefficient, pair by pair (scalar:
-    lanes of a vector may read the same entry), into the task's slot, in float64 (a bias
-    entry sums one term per pair of many rows: fp32 would lose digits the dense formula's
-    pairwise sums keep)."""
-    if not E.reads:
+def _table_grads(w, sh, E, reads, value):
+    """Each differentiated read's gradient += value * its coefficient (value: dS' for the
+    score's reads, dP = dL/d post(p) for the post modifiers'), pair by pair (scalar: lanes of
+    a vector may read the same entry), into the task's slot, in float64 (a bias entry sums
+    one term per pair of many rows: fp32 would lose digits the dense formula's pairwise sums
+    keep)."""
+    if not reads:
         return
     end = f"T.max(T.min({sh.BN}, {sh.LK} - kb * {sh.BN}), 0)"
     w(f"for r in range({sh.BM}):")
@@ -230,9 +269,10 @@ def _table_grads(w, sh, E):
         with w.block():
             w(f"for c in range({end}):")
             with w.block():
-                for read, coef, buf in E.reads:
+                for read, coef, buf in reads:
                     cell = f"{grad_param(str(read.base.label))}[slot, {E.index(read, 'c')}]"
-                    term = "s[r, c]" if coef == 1 else (f"s[r, c] * {buf}[r, c]" if buf else f"s[r, c] * {E.at(coef, 'c')}")
+                    v = f"{value}[r, c]"
+                    term = v if coef == 1 else (f"{v} * {buf}[r, c]" if buf else f"{v} * {E.at(coef, 'c')}")
                     w(f"{cell} = {cell} + T.Cast(\"float64\", {term})")
 
 
@@ -244,8 +284,7 @@ def grad_param(name):
 def _scratch(w, sh, E, extra):
     for name, shp in (("qs", (sh.BMP, sh.D)), ("dos", (sh.BMP, sh.DV)), ("s", (sh.BMP, sh.BNP)),
                       ("dp", (sh.BMP, sh.BNP)), ("lr", (sh.BMP,)), ("drr", (sh.BMP,)),
-                      *([("fd", (sh.BMP, sh.BNP))] if E.mod and E.deriv != 1 else []),
-                      *((buf, (sh.BMP, sh.BNP)) for _, _, buf in E.reads if buf), *extra):
+                      ("lanes", (sh.SL,)), *((buf, (sh.BMP, sh.BNP)) for buf in E.buffers()), *extra):
         w(f"{name} = T.alloc_buffer({shp}, \"float32\", scope=\"local\")")
     for name in ("qtok", "qok"):
         w(f"{name} = T.alloc_buffer(({sh.BMP},), \"int32\", scope=\"local\")")
@@ -267,6 +306,7 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=()):
     of the captured tensors `grads` (table_slots)."""
     E, gat, io = _Exprs(prog, grp, sh, tables).with_grads(grads), grp.gather, _io(sh)
     slots = table_slots(sh, tables, grads)
+    two_pass = prog.norm.kind == "softmax" and E.post is not None
     params = [io[n] for n in ("q", "k", "v", "do", "lse", "dr", "dq", "heads")] + [
         f"tcnt: T.Buffer(({sh.table_rows}, {sh.NQ}), \"int32\")",
         f"tlist: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
@@ -287,7 +327,8 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=()):
     per = -(-items // slots)
     w(f"for slot in T.parallel({slots}):")
     with w.block():
-        _scratch(w, sh, E, [("dqa", (sh.BMP, sh.D))])
+        _scratch(w, sh, E, [("dqa", (sh.BMP, sh.D))] + ([("dracc", (sh.BMP,))] if two_pass else [])
+                 + ([("sl", (sh.BMP, sh.BNP))] if lse_grad else []))
         w(f"for it in range({per}):")
         w.depth += 1
         w(f"task = T.min(slot * {per} + it, {items - 1})")
@@ -301,16 +342,35 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=()):
             w(f"for j in T.vectorized({sh.D}):")
             with w.block():
                 w("dqa[r, j] = T.float32(0)")
-        w(f"for kk in range(tcnt[{sh.tg}, qi]):")
-        with w.block():
+        def key_tiles():
+            w(f"for kk in range(tcnt[{sh.tg}, qi]):")
+            w.depth += 1
             w(f"kb = tlist[{sh.tg}, qi, kk]")
             w(f"cls = tcls[{sh.tg}, qi, kk]")
             _scores(w, sh, E, "g, kb", None, "vpk[b, hh, g, kb, ")
-            _weights(w, sh, prog.norm, lse_grad)
-            _dscores(w, sh, prog.norm, E, lse_grad, chain=False)
-            _table_grads(w, sh, E)
-            _chain(w, sh, E)
-            pv(w, sh, acc="dqa", src="k", width=sh.D)
+            _weights(w, sh, prog.norm, E, lse_grad)
+        if two_pass:        # softmax through post modifiers: the rows' D first, then dS
+            w(f"for r in range({sh.BMP}):")
+            with w.block():
+                w("dracc[r] = T.float32(0)")
+            depth = w.depth
+            key_tiles()
+            _row_sums(w, sh)
+            w.depth = depth
+            w(f"for r in range({sh.BM}):")
+            with w.block():
+                w("drr[r] = drr[r] + dracc[r]")
+                w("if qok[r] != 0:")
+                with w.block():
+                    w("dr[b, h, qtok[r]] = drr[r]")      # for the dkv kernel, which runs next
+        depth = w.depth
+        key_tiles()
+        _table_grads(w, sh, E, E.post_reads, "dp")
+        _dscores(w, sh, prog.norm, E, lse_grad, chain=False)
+        _table_grads(w, sh, E, E.reads, "s")
+        _chain(w, sh, E)
+        pv(w, sh, acc="dqa", src="k", width=sh.D)
+        w.depth = depth
         w(f"for r in range({sh.BM}):")
         with w.block():
             w("if qok[r] != 0:")
@@ -334,7 +394,8 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False):
     w(f"for task in T.parallel({sh.B * sh.HG * sh.G * sh.NK}):")
     with w.block():
         _scratch(w, sh, E, [("kpl", (sh.D, sh.BNP)), ("vpl", (sh.DV, sh.BNP)),
-                            ("dka", (sh.BNP, sh.D)), ("dva", (sh.BNP, sh.DV))])
+                            ("dka", (sh.BNP, sh.D)), ("dva", (sh.BNP, sh.DV))]
+                 + ([("sl", (sh.BMP, sh.BNP))] if lse_grad else []))
         _decode(w, sh, sh.NK, "kb")
         pack_tile(w, sh, "kpl[", "g, kb")
         pack_tile(w, sh, "vpl[", "g, kb", src="v", width=sh.DV)
@@ -352,9 +413,10 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False):
             w(f"cls = qcls[{sh.tg}, kb, qq]")
             _rows(w, sh, prog, E.P, gat, zero_invalid=True)
             _scores(w, sh, E, "g, kb", "kpl[", "vpl[")
-            _weights(w, sh, prog.norm, lse_grad)
-            # dV += p^T dO, then dK += dS^T (q * scale): rows are key columns, the sum over rows r
-            _acc_t(w, sh, "dva", "dos", sh.DV)
+            _weights(w, sh, prog.norm, E, lse_grad)
+            # dV += p^T dO (post(p) through post modifiers), then dK += dS^T (q * scale): rows
+            # are key columns, the sum over rows r
+            _acc_t(w, sh, "dva", "dos", sh.DV, "wp" if E.post is not None else "s")
             _dscores(w, sh, prog.norm, E, lse_grad)
             _acc_t(w, sh, "dka", "qs", sh.D)
         w(f"for c in range({sh.BN}):")
@@ -370,10 +432,10 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False):
     return close_kernel(w)
 
 
-def _acc_t(w, sh, acc, rows, width):
-    """acc[c, :] += sum over query rows r of s[r, c] * rows[r, :]."""
+def _acc_t(w, sh, acc, rows, width, weights="s"):
+    """acc[c, :] += sum over query rows r of weights[r, c] * rows[r, :]."""
     gemm(w, sh.BNP, width, value_lanes(width), lambda r, j: f"{acc}[{r}, {j}]",
-         lambda r, x: f"s[{x}, {r}]", lambda x, j: f"{rows}[{x}, {j}]", reduce_over(sh.BMP))
+         lambda r, x: f"{weights}[{x}, {r}]", lambda x, j: f"{rows}[{x}, {j}]", reduce_over(sh.BMP))
 
 
 def _decode(w, sh, n, name):
