@@ -211,3 +211,47 @@ def compare(model, batch=8, rounds=3, backend="auto", layer_rounds=None, stream=
     med = {name: statistics.median(v) for name, v in t.items()}
     return Comparison(model.name, report, diff, equal, layers, med["before"], med["after"], new,
                       {name: med[name] for name in others}, [b / a for b, a in zip(t["before"], t["after"])])
+
+
+@dataclass
+class TrainingComparison:
+    """One training step before and after ac.swap: seconds (medians), the rounds' before /
+    after ratios, and how far the swapped model's parameter gradients are from the original's
+    (max abs difference, relative to the largest gradient)."""
+    name: str
+    before: float
+    after: float
+    ratios: list
+    grad_diff: float
+
+    @property
+    def speedup(self):
+        return statistics.median(self.ratios)
+
+
+def compare_training(model, batch=8, rounds=5, backend="auto"):
+    """One training step (forward, a mean-square loss, backward, an SGD step at learning rate
+    0 so both copies stay the same) of `model.module` in train mode and of a swapped copy,
+    interleaved rounds; the parameter gradients of the first step compared."""
+    import attncc as ac
+    torch.manual_seed(0)
+    orig = copy.deepcopy(model.module).train()
+    new = copy.deepcopy(orig)
+    ac.swap(new, backend=backend)
+    x = model.make_input(batch)
+    opts = {m: torch.optim.SGD(m.parameters(), lr=0.0) for m in (orig, new)}
+
+    def step(m):
+        opts[m].zero_grad(set_to_none=True)
+        m(x).float().square().mean().backward()
+        opts[m].step()
+    grads = []
+    for m in (orig, new):
+        torch.manual_seed(0)        # the same stochastic-depth draws (timm's Swin trains with drop_path)
+        step(m)
+        grads.append([p.grad for p in m.parameters()])
+    scale = max(g.abs().max().item() for g in grads[0] if g is not None)
+    diff = max((a - b).abs().max().item() for a, b in zip(*grads) if a is not None) / scale
+    t = interleaved({"before": lambda: step(orig), "after": lambda: step(new)}, rounds, 0.5, per_round=True)
+    return TrainingComparison(model.name, statistics.median(t["before"]), statistics.median(t["after"]),
+                              [b / a for b, a in zip(t["before"], t["after"])], diff)
