@@ -56,12 +56,13 @@ def no_double_backward(what):
                            "without create_graph")
 
 
-def backward_of(run, prog, names, return_lse, inputs, out, lse, grads, table_grads):
+def backward_of(run, prog, names, return_lse, inputs, out, lse, grads, table_grads, route_idx=None):
     """Gradients for inputs = (q, k, v, *captured tensors named `names`) given the output
     gradients `grads` (dout, dlse or None): from the backend's generated backward kernels
     (`run`, the compiled program, which read out and lse) when they serve the program, else
     recomputed through the reference with a BackwardWarning saying why. None for the
-    captured tensors outside `table_grads`."""
+    captured tensors outside `table_grads`. `route_idx`: the forward call's routing table
+    (routed attention: the backward reads the same routes)."""
     why = _why_not(run, table_grads)
     if why is not None:
         warnings.warn(f"attncc: the backward runs through the eager reference's autograd (slower, more memory): "
@@ -71,7 +72,8 @@ def backward_of(run, prog, names, return_lse, inputs, out, lse, grads, table_gra
     dout, dlse = grads[0], (grads[1] if return_lse else None)
     if dout is None and dlse is None:
         return [None] * len(inputs)
-    dq, dk, dv, dtabs = run.backward(q, k, v, out, lse, dout, dlse, dict(zip(names, tensors)), table_grads)
+    extra = {} if route_idx is None else {"route_idx": route_idx}
+    dq, dk, dv, dtabs = run.backward(q, k, v, out, lse, dout, dlse, dict(zip(names, tensors)), table_grads, **extra)
     return [dq, dk, dv, *(dtabs.get(n) for n in names)]
 
 
@@ -83,6 +85,7 @@ class _Attention(torch.autograd.Function):
                                 if need and x.is_floating_point())
         # the generated backward reads out and lse: O(N d) saved, never N x M
         out, lse = run(q, k, v, dict(zip(names, tensors)), return_lse=True)
+        ctx.route_idx = getattr(run, "route_idx", None)      # this call's routes (a later call replaces run's)
         ctx.save_for_backward(q, k, v, out, lse, *tensors)
         return (out, lse) if return_lse else (out,)
 
@@ -91,7 +94,7 @@ class _Attention(torch.autograd.Function):
         no_double_backward(describe(ctx.prog))
         q, k, v, out, lse, *tensors = ctx.saved_tensors
         got = backward_of(ctx.run, ctx.prog, ctx.names, ctx.return_lse, (q, k, v, *tensors), out, lse, grads,
-                          ctx.table_grads)
+                          ctx.table_grads, ctx.route_idx)
         return (None, None, None, None) + tuple(got)
 
 

@@ -74,6 +74,26 @@ def output_like(q, dv):
     return torch.empty(B, H, N, dv, dtype=torch.float32)
 
 
+def inverse_routes(route_idx):
+    """The routing table inverted, per batch: for each key region, how many query regions
+    routed to it (icnt [B, S^2]), which (ilist [B, S^2, S^2], in region order) and at which
+    of their top-k slots (islot): the backward's dK and dV tasks own the key regions."""
+    B, S2, K = route_idx.shape
+    flat = route_idx.reshape(B, S2 * K).long()
+    entry = torch.arange(S2 * K).expand(B, -1)
+    order = torch.argsort(flat * (S2 * K) + entry, dim=1)          # by key region, then query region
+    kr = flat.gather(1, order)
+    icnt = torch.zeros(B, S2, dtype=torch.long).scatter_add_(1, flat, torch.ones_like(flat))
+    start = torch.cumsum(icnt, 1) - icnt
+    pos = torch.arange(S2 * K).expand(B, -1) - start.gather(1, kr)
+    ilist = torch.zeros(B, S2, S2, dtype=torch.int32)
+    islot = torch.zeros(B, S2, S2, dtype=torch.int32)
+    bidx = torch.arange(B)[:, None].expand(-1, S2 * K)
+    ilist[bidx, kr, pos] = (order // K).to(torch.int32)
+    islot[bidx, kr, pos] = (order % K).to(torch.int32)
+    return icnt.to(torch.int32), ilist, islot
+
+
 class TVMProgram:
     """The compiled kernels of a Program for one set of captured-tensor shapes."""
 
@@ -206,6 +226,14 @@ class TVMProgram:
             for grp in prog.groups:
                 heads = torch.tensor(grp.heads, dtype=torch.int32)
                 layout = RuntimeLayout.of(prog, grp)
+                if self.route is not None:      # routed regions: the forward's routing table, per call
+                    sh = routed_shape(prog, grp, self.route)
+                    cnt, lst, cls, acls = routed_tables(self.route, sh.BM)
+                    dq = compile_source(generate_dq(prog, grp, sh, self.meta, lse_grad, grads, self.route), [])
+                    dkv = compile_source(generate_dkv(prog, grp, sh, self.meta, 0, lse_grad, self.route), [])
+                    fixed = ([torch.from_numpy(x) for x in (cnt, lst, cls, acls)], "routed")
+                    out.append((grp, heads, dq, dkv, fixed, table_slots(sh, self.meta, grads)))
+                    continue
                 if layout is not None:          # the tables come with each call's layout (backward)
                     nk, nq = -(-grp.gather.Lk // grp.plan.block_n), -(-grp.gather.Lq // grp.plan.block_m)
                     sh = group_shape(prog, grp, nk, tg=len(grp.heads) * grp.gather.G)
@@ -223,11 +251,15 @@ class TVMProgram:
             self.grads[key] = out
         return self.grads[key]
 
-    def backward(self, q, k, v, out, lse, dout, dlse, tensors, grads=()):
+    def backward(self, q, k, v, out, lse, dout, dlse, tensors, grads=(), route_idx=None):
         """(dq, dk, dv, {name: gradient of each captured tensor in `grads`}) of the loss whose
         gradients are dout (for out, or None) and dlse (for lse, or None), from the generated
         kernels, in the inputs' dtypes. Deterministic: each output row has one writer, and a
-        captured tensor's gradient slots are summed in order."""
+        captured tensor's gradient slots are summed in order. `route_idx`: the routing table
+        of the forward call (routed attention; recomputed by the forward kernel if None)."""
+        if self.route is not None and route_idx is None:
+            self(q, k, v, tensors, return_lse=True)
+            route_idx = self.route_idx
         qf, kf, vf = (x.to(torch.float32).contiguous() for x in (q, k, v))
         do = (torch.zeros_like(out, dtype=torch.float32) if dout is None else dout.to(torch.float32)).contiguous()
         lse = lse.to(torch.float32).contiguous()
@@ -242,12 +274,15 @@ class TVMProgram:
         tabs = [as_table(tensors[n]) if n in tensors else self.consts[n] for n in self.names]
         dtabs = {n: torch.zeros(tensors[n].shape, dtype=torch.float64) for n in grads}
         for grp, heads, cq, ckv, fixed, slots in self.backward_kernels(lse_grad, tuple(grads)):
-            if isinstance(fixed, RuntimeLayout):       # this call's layout decides the tiles
+            if isinstance(fixed, RuntimeLayout):         # this call's layout decides the tiles
                 lay = tabs[self.names.index(fixed.name)]
                 cnt, lst, cls, acls = fixed.tables(grp, lay)
                 fixed = ([cnt, lst, cls, acls], [*fixed.query_tables(grp, lay), acls])
+            elif fixed[1] == "routed":                  # the query regions routed to each region
+                fixed = (fixed[0], list(inverse_routes(route_idx)))
             parts = [torch.zeros(slots, *tensors[n].shape, dtype=torch.float64) for n in grads]
-            cq.fn(qf, kf, vf, do, lse, dr, dq, heads, *fixed[0], *parts, *tabs)
+            routes = [route_idx] if self.route is not None else []
+            cq.fn(qf, kf, vf, do, lse, dr, dq, heads, *fixed[0], *parts, *routes, *tabs)
             ckv.fn(qf, kf, vf, do, lse, dr, dk, dv, heads, *fixed[1], *tabs)
             for n, part in zip(grads, parts):
                 for p in part:                  # in slot order: the same bits at any thread count

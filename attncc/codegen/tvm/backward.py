@@ -29,17 +29,21 @@ its slot's copy of the tensor's gradient, pair by pair in a fixed order; the tas
 to `slots` parallel slots, fixed by the shapes (table_slots), and the caller sums the slots in
 order. No atomics, and the same bits at any thread count.
 """
+import contextlib
 import math
 
 import sympy
 
+from ...dsl.patterns import ROUTE_IDX
 from ...ir import symbols as S
 from ...ir.derivative import score_derivative, table_partials, weight_derivative
+from ...ir.program import FULL
 from ..captured import param
 from ..writer import SourceWriter
 from .items import query_row
 from .microkernel import gemm, mask, pack_tile, pv, qk, reduce_over, value_lanes
 from .printer import TIRPrinter
+from .routing import pack_regions, region_keys, route_param
 from .source import _post_chain, _sigmoid, close_kernel, key_tables
 
 HEADER = ("from tvm.script import tirx as T",
@@ -81,8 +85,8 @@ class _Exprs:
     """The score modifier, the post modifiers, their derivatives, the residual mask and the
     differentiated table reads as TIR text at a score column."""
 
-    def __init__(self, prog, grp, sh, tables):
-        self.prog, self.sh = prog, sh
+    def __init__(self, prog, grp, sh, tables, kslot="g, kb"):
+        self.prog, self.sh, self.kslot = prog, sh, kslot
         self.tables = {n: (s, k) for n, (s, k, _) in tables.items()}
         self.base = {S.g: ("g", "int"), S.b: ("b", "int"), S.h: ("h", "int")}
         self.mod = prog.score != S.score
@@ -91,7 +95,7 @@ class _Exprs:
         self.dpost = weight_derivative(self.post) if self.post is not None else None
         self.reads, self.post_reads = [], []    # (read, coefficient, its per-pair buffer or None)
         P = TIRPrinter({**self.base, S.t: ("t", "int"), S.u: ("u", "int"), S.i: ("qtok[r]", "int"),
-                        S.j: ("ktk[g, kb, c]", "int")}, self.tables)
+                        S.j: (f"ktk[{kslot}, c]", "int")}, self.tables)
         self.pair_ok = P(grp.residual, "bool") if grp.residual is not None else "T.bool(True)"
         self.P = TIRPrinter({**self.base, S.t: ("t", "int"), S.u: ("u", "int")}, self.tables)
 
@@ -111,7 +115,8 @@ class _Exprs:
     def _names(self, col, weight=None):
         sh = self.sh
         names = {**self.base, S.t: (f"(qi * {sh.BM} + r)", "int"), S.u: (f"(kb * {sh.BN} + {col})", "int"),
-                 S.i: ("qtok[r]", "int"), S.j: (f"ktk[g, kb, {col}]", "int"), S.score: (f"s[r, {col}]", "float")}
+                 S.i: ("qtok[r]", "int"), S.j: (f"ktk[{self.kslot}, {col}]", "int"),
+                 S.score: (f"s[r, {col}]", "float")}
         if weight is not None:
             names[S.weight] = (weight, "float")
         return names
@@ -130,6 +135,20 @@ class _Exprs:
         names = ["fd"] if self.mod and self.deriv != 1 else []
         names += ["wp", "fdw"] if self.post is not None else []
         return names + [buf for _, _, buf in self.reads + self.post_reads if buf]
+
+
+@contextlib.contextmanager
+def pairs(w, sh):
+    """The loop nest over a tile's pairs, SL lanes at a time (rows r, lanes i): the body's
+    column is `col`."""
+    L = sh.SL
+    w(f"for r in range({sh.BMP}):")
+    with w.block():
+        w(f"for cc in range({sh.BNP // L}):")
+        with w.block():
+            w(f"for i in T.vectorized({L}):")
+            with w.block():
+                yield f"cc * {L} + i"
 
 
 def _rows(w, sh, prog, P, gat, zero_invalid):
@@ -153,22 +172,15 @@ def _rows(w, sh, prog, P, gat, zero_invalid):
 def _scores(w, sh, E, kslot, ktile, vtile):
     """s: the pair's weight p (0 where masked or no query); dp: dO V^T; fd: f'(s) when the
     score has modifiers."""
-    L = sh.SL
-    col = f"cc * {L} + i"
     qk(w, sh, kslot=kslot, ktile=ktile)
     if E.mod:
-        w(f"for r in range({sh.BMP}):")
-        with w.block():
-            w(f"for cc in range({sh.BNP // L}):")
-            with w.block():
-                w(f"for i in T.vectorized({L}):")
-                with w.block():
-                    if E.deriv != 1:
-                        w(f"fd[r, {col}] = {E.at(E.deriv, col)}")
-                    for _, coef, buf in E.reads:
-                        if buf:
-                            w(f"{buf}[r, {col}] = {E.at(coef, col)}")
-                    w(f"s[r, {col}] = {E.at(E.prog.score, col)}")
+        with pairs(w, sh) as col:
+            if E.deriv != 1:
+                w(f"fd[r, {col}] = {E.at(E.deriv, col)}")
+            for _, coef, buf in E.reads:
+                if buf:
+                    w(f"{buf}[r, {col}] = {E.at(coef, col)}")
+            w(f"s[r, {col}] = {E.at(E.prog.score, col)}")
     mask(w, sh, E.pair_ok, (), kslot)
     qk(w, sh, kslot=kslot, ktile=vtile, a="dos", depth=sh.DV, out="dp")
 
@@ -177,50 +189,36 @@ def _weights(w, sh, norm, E, lse_grad):
     """s (the masked score s') becomes the weight p, 0 where masked or no query; with post
     modifiers also wp = post(p) (what multiplies V), fdw = d post / d p and the post tables'
     coefficients; with a sigmoid's lse gradient, sl = exp(s' - lse)."""
-    L = sh.SL
-    col = f"cc * {L} + i"
-    w(f"for r in range({sh.BMP}):")
-    with w.block():
-        w(f"for cc in range({sh.BNP // L}):")
-        with w.block():
-            w(f"for i in T.vectorized({L}):")
-            with w.block():
-                sc = f"s[r, {col}]"
-                p = f"fexp({sc} - lr[r])" if norm.kind == "softmax" else _sigmoid(norm, sc)
-                keep = lambda x: f"T.Select(qok[r] != 0, live({sc}, {x}), T.float32(0))"
-                if E.post is not None:
-                    w(f"wp[r, {col}] = {keep(E.at(E.post, col, p))}")
-                    w(f"fdw[r, {col}] = {keep(E.at(E.dpost, col, p))}")
-                    for _, coef, buf in E.post_reads:
-                        if buf:
-                            w(f"{buf}[r, {col}] = {keep(E.at(coef, col, p))}")
-                if norm.kind != "softmax" and lse_grad:
-                    w(f"sl[r, {col}] = {keep(f'fexp({sc} - lr[r])')}")
-                w(f"{sc} = {keep(p)}")
+    with pairs(w, sh) as col:
+        sc = f"s[r, {col}]"
+        p = f"fexp({sc} - lr[r])" if norm.kind == "softmax" else _sigmoid(norm, sc)
+        keep = lambda x: f"T.Select(qok[r] != 0, live({sc}, {x}), T.float32(0))"
+        if E.post is not None:
+            w(f"wp[r, {col}] = {keep(E.at(E.post, col, p))}")
+            w(f"fdw[r, {col}] = {keep(E.at(E.dpost, col, p))}")
+            for _, coef, buf in E.post_reads:
+                if buf:
+                    w(f"{buf}[r, {col}] = {keep(E.at(coef, col, p))}")
+        if norm.kind != "softmax" and lse_grad:
+            w(f"sl[r, {col}] = {keep(f'fexp({sc} - lr[r])')}")
+        w(f"{sc} = {keep(p)}")
 
 
 def _dscores(w, sh, norm, E, lse_grad, chain=True):
     """s (the weight p) becomes dS = dS' * f'(s) (dS' alone unless `chain`: _chain then).
     dL/dp is dp, or dp * fdw through post modifiers."""
-    L = sh.SL
-    col = f"cc * {L} + i"
-    w(f"for r in range({sh.BMP}):")
-    with w.block():
-        w(f"for cc in range({sh.BNP // L}):")
-        with w.block():
-            w(f"for i in T.vectorized({L}):")
-            with w.block():
-                sc = f"s[r, {col}]"
-                dw = f"dp[r, {col}]" + (f" * fdw[r, {col}]" if E.post is not None else "")
-                if norm.kind == "softmax":
-                    ds = f"{sc} * ({dw} - drr[r])"
-                else:
-                    ds = f"{dw} * {sc} * (T.float32(1) - {sc})"
-                    if lse_grad:        # the lse's own gradient: its softmax weights times dlse (drr = -dlse)
-                        ds = f"{ds} - sl[r, {col}] * drr[r]"
-                if chain and E.mod and E.deriv != 1:
-                    ds = f"({ds}) * fd[r, {col}]"
-                w(f"{sc} = {ds}")
+    with pairs(w, sh) as col:
+        sc = f"s[r, {col}]"
+        dw = f"dp[r, {col}]" + (f" * fdw[r, {col}]" if E.post is not None else "")
+        if norm.kind == "softmax":
+            ds = f"{sc} * ({dw} - drr[r])"
+        else:
+            ds = f"{dw} * {sc} * (T.float32(1) - {sc})"
+            if lse_grad:        # the lse's own gradient: its softmax weights times dlse (drr = -dlse)
+                ds = f"{ds} - sl[r, {col}] * drr[r]"
+        if chain and E.mod and E.deriv != 1:
+            ds = f"({ds}) * fd[r, {col}]"
+        w(f"{sc} = {ds}")
 
 
 def _row_sums(w, sh):
@@ -242,16 +240,9 @@ def _row_sums(w, sh):
 
 def _chain(w, sh, E):
     """s: dS' becomes dS = dS' * f'(s)."""
-    if not (E.mod and E.deriv != 1):
-        return
-    L = sh.SL
-    w(f"for r in range({sh.BMP}):")
-    with w.block():
-        w(f"for cc in range({sh.BNP // L}):")
-        with w.block():
-            w(f"for i in T.vectorized({L}):")
-            with w.block():
-                w(f"s[r, cc * {L} + i] = s[r, cc * {L} + i] * fd[r, cc * {L} + i]")
+    if E.mod and E.deriv != 1:
+        with pairs(w, sh) as col:
+            w(f"s[r, {col}] = s[r, {col}] * fd[r, {col}]")
 
 
 def _table_grads(w, sh, E, reads, value):
@@ -301,10 +292,14 @@ def table_slots(sh, tables, grads, budget=1 << 26):
     return max(1, min(items, 256, budget // max(1, size)))
 
 
-def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=()):
+def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=(), route=None):
     """The dq kernel's source: dQ over the forward's key-tile tables, and the gradient slots
-    of the captured tensors `grads` (table_slots)."""
-    E, gat, io = _Exprs(prog, grp, sh, tables).with_grads(grads), grp.gather, _io(sh)
+    of the captured tensors `grads` (table_slots). `route`: the routed gather (BiFormer):
+    key tile kk of a query region is its kk-th routed region, read through the forward's
+    routing table (a parameter: the top-k selection is not differentiated)."""
+    kslot = "rsel, 0" if route else "g, kb"
+    E = _Exprs(prog, grp, sh, tables, kslot).with_grads(grads)
+    gat, io = (route.gather() if route else grp.gather), _io(sh)
     slots = table_slots(sh, tables, grads)
     two_pass = prog.norm.kind == "softmax" and E.post is not None
     params = [io[n] for n in ("q", "k", "v", "do", "lse", "dr", "dq", "heads")] + [
@@ -312,17 +307,22 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=()):
         f"tlist: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
         f"tcls: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
         f"acls: T.Buffer(({sh.table_rows}, {sh.NQA}, {sh.NKA}), \"int32\")"] + [
-        f"{grad_param(n)}: T.Buffer(({slots}, {', '.join(map(str, tables[n][0]))}), \"float64\")" for n in grads]
+        f"{grad_param(n)}: T.Buffer(({slots}, {', '.join(map(str, tables[n][0]))}), \"float64\")" for n in grads] + (
+        [route_param(sh, route)] if route else [])
     w = _open(sh, tables, "backward: dQ", params)
-    key_tables(w, sh, E.P, gat)
-    # K and V packed transposed per key tile, once per call (qk's layout)
-    for buf, width in (("kpk", sh.D), ("vpk", sh.DV)):
-        w(f"{buf} = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {width}, {sh.BNP}), \"float32\")")
-    w(f"for task in T.parallel({sh.B * sh.HG * sh.G * sh.NK}):")
-    with w.block():
-        _decode(w, sh, sh.NK, "kb")
-        pack_tile(w, sh, "kpk[b, hh, g, kb, ", "g, kb")
-        pack_tile(w, sh, "vpk[b, hh, g, kb, ", "g, kb", src="v", width=sh.DV)
+    # K and V packed transposed per key tile (per region when routed), once per call (qk's layout)
+    if route:
+        region_keys(w, sh, route)
+        pack_regions(w, sh, route, (("kpk", "k", sh.D), ("vpk", "v", sh.DV)))
+    else:
+        key_tables(w, sh, E.P, gat)
+        for buf, width in (("kpk", sh.D), ("vpk", sh.DV)):
+            w(f"{buf} = T.alloc_buffer(({sh.B}, {sh.HG}, {sh.G}, {sh.NK}, {width}, {sh.BNP}), \"float32\")")
+        w(f"for task in T.parallel({sh.B * sh.HG * sh.G * sh.NK}):")
+        with w.block():
+            _decode(w, sh, sh.NK, "kb")
+            pack_tile(w, sh, "kpk[b, hh, g, kb, ", "g, kb")
+            pack_tile(w, sh, "vpk[b, hh, g, kb, ", "g, kb", src="v", width=sh.DV)
     items = sh.B * sh.HG * sh.G * sh.NQ
     per = -(-items // slots)
     w(f"for slot in T.parallel({slots}):")
@@ -347,7 +347,9 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=()):
             w.depth += 1
             w(f"kb = tlist[{sh.tg}, qi, kk]")
             w(f"cls = tcls[{sh.tg}, qi, kk]")
-            _scores(w, sh, E, "g, kb", None, "vpk[b, hh, g, kb, ")
+            if route:
+                w(f"rsel = {ROUTE_IDX[2:]}[b, g, kb]")
+            _scores(w, sh, E, kslot, None, f"vpk[b, hh, {kslot}, ")
             _weights(w, sh, prog.norm, E, lse_grad)
         if two_pass:        # softmax through post modifiers: the rows' D first, then dS
             w(f"for r in range({sh.BMP}):")
@@ -369,7 +371,7 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=()):
         _dscores(w, sh, prog.norm, E, lse_grad, chain=False)
         _table_grads(w, sh, E, E.reads, "s")
         _chain(w, sh, E)
-        pv(w, sh, acc="dqa", src="k", width=sh.D)
+        pv(w, sh, acc="dqa", src="k", width=sh.D, kslot=kslot)
         w.depth = depth
         w(f"for r in range({sh.BM}):")
         with w.block():
@@ -381,24 +383,42 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=()):
     return close_kernel(w)
 
 
-def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False):
-    """The dkv kernel's source: dK and dV over the transposed tables (qmax: their width)."""
-    E, gat, io = _Exprs(prog, grp, sh, tables), grp.gather, _io(sh)
-    params = [io[n] for n in ("q", "k", "v", "do", "lse", "dr", "dk", "dv", "heads")] + [
-        f"qcnt: T.Buffer(({sh.table_rows}, {sh.NK}), \"int32\")",
-        f"qlist: T.Buffer(({sh.table_rows}, {sh.NK}, {qmax}), \"int32\")",
-        f"qcls: T.Buffer(({sh.table_rows}, {sh.NK}, {qmax}), \"int32\")",
-        f"acls: T.Buffer(({sh.table_rows}, {sh.NQA}, {sh.NKA}), \"int32\")"]
+def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False, route=None):
+    """The dkv kernel's source: dK and dV over the transposed tables (qmax: their width). A
+    task owns a key tile (a region when routed: the query regions that routed to it come
+    from the inverse of the forward's routing table, per batch: icnt, ilist, islot)."""
+    kslot = "kr, 0" if route else "g, kb"
+    E = _Exprs(prog, grp, sh, tables, kslot)
+    gat, io = (route.gather() if route else grp.gather), _io(sh)
+    params = [io[n] for n in ("q", "k", "v", "do", "lse", "dr", "dk", "dv", "heads")]
+    if route:
+        S2 = route.count
+        params += [f"icnt: T.Buffer(({sh.B}, {S2}), \"int32\")", f"ilist: T.Buffer(({sh.B}, {S2}, {S2}), \"int32\")",
+                   f"islot: T.Buffer(({sh.B}, {S2}, {S2}), \"int32\")"]
+    else:
+        params += [f"qcnt: T.Buffer(({sh.table_rows}, {sh.NK}), \"int32\")",
+                   f"qlist: T.Buffer(({sh.table_rows}, {sh.NK}, {qmax}), \"int32\")",
+                   f"qcls: T.Buffer(({sh.table_rows}, {sh.NK}, {qmax}), \"int32\")",
+                   f"acls: T.Buffer(({sh.table_rows}, {sh.NQA}, {sh.NKA}), \"int32\")"]
     w = _open(sh, tables, "backward: dK, dV", params)
-    key_tables(w, sh, E.P, gat)
-    w(f"for task in T.parallel({sh.B * sh.HG * sh.G * sh.NK}):")
+    if route:
+        region_keys(w, sh, route)
+    else:
+        key_tables(w, sh, E.P, gat)
+    w(f"for task in T.parallel({sh.B * sh.HG * (route.count if route else sh.G * sh.NK)}):")
     with w.block():
         _scratch(w, sh, E, [("kpl", (sh.D, sh.BNP)), ("vpl", (sh.DV, sh.BNP)),
                             ("dka", (sh.BNP, sh.D)), ("dva", (sh.BNP, sh.DV))]
                  + ([("sl", (sh.BMP, sh.BNP))] if lse_grad else []))
-        _decode(w, sh, sh.NK, "kb")
-        pack_tile(w, sh, "kpl[", "g, kb")
-        pack_tile(w, sh, "vpl[", "g, kb", src="v", width=sh.DV)
+        if route:
+            w(f"b = task // {sh.HG * S2}")
+            w(f"hh = task // {S2} % {sh.HG}")
+            w(f"kr = task % {S2}")
+            w("h = heads[hh]")
+        else:
+            _decode(w, sh, sh.NK, "kb")
+        pack_tile(w, sh, "kpl[", kslot)
+        pack_tile(w, sh, "vpl[", kslot, src="v", width=sh.DV)
         w(f"for c in range({sh.BNP}):")
         with w.block():
             w(f"for j in T.vectorized({sh.D}):")
@@ -407,28 +427,42 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False):
             w(f"for j in T.vectorized({sh.DV}):")
             with w.block():
                 w("dva[c, j] = T.float32(0)")
-        w(f"for qq in range(qcnt[{sh.tg}, kb]):")
-        with w.block():
-            w(f"qi = qlist[{sh.tg}, kb, qq]")
-            w(f"cls = qcls[{sh.tg}, kb, qq]")
+
+        def query_tile():
             _rows(w, sh, prog, E.P, gat, zero_invalid=True)
-            _scores(w, sh, E, "g, kb", "kpl[", "vpl[")
+            _scores(w, sh, E, kslot, "kpl[", "vpl[")
             _weights(w, sh, prog.norm, E, lse_grad)
             # dV += p^T dO (post(p) through post modifiers), then dK += dS^T (q * scale): rows
             # are key columns, the sum over rows r
             _acc_t(w, sh, "dva", "dos", sh.DV, "wp" if E.post is not None else "s")
             _dscores(w, sh, prog.norm, E, lse_grad)
             _acc_t(w, sh, "dka", "qs", sh.D)
+        if route:               # every routed tile is FULL
+            w("for qq in range(icnt[b, kr]):")
+            with w.block():
+                w("g = ilist[b, kr, qq]")
+                w("kb = islot[b, kr, qq]")
+                w(f"for qi in range({sh.NQ}):")
+                with w.block():
+                    w(f"cls = {FULL}")
+                    query_tile()
+        else:
+            w(f"for qq in range(qcnt[{sh.tg}, kb]):")
+            with w.block():
+                w(f"qi = qlist[{sh.tg}, kb, qq]")
+                w(f"cls = qcls[{sh.tg}, kb, qq]")
+                query_tile()
         w(f"for c in range({sh.BN}):")
         with w.block():
-            w(f"if T.And(kokp[g, kb, c] > T.float32(0), kb * {sh.BN} + c < {sh.LK}):")
+            inside = "" if route else f", kb * {sh.BN} + c < {sh.LK}"
+            w(f"if T.And(kokp[{kslot}, c] > T.float32(0){inside or ', T.bool(True)'}):")
             with w.block():
                 w(f"for j in T.vectorized({sh.D}):")
                 with w.block():
-                    w("dk[b, h, ktk[g, kb, c], j] = dka[c, j]")
+                    w(f"dk[b, h, ktk[{kslot}, c], j] = dka[c, j]")
                 w(f"for j in T.vectorized({sh.DV}):")
                 with w.block():
-                    w("dv[b, h, ktk[g, kb, c], j] = dva[c, j]")
+                    w(f"dv[b, h, ktk[{kslot}, c], j] = dva[c, j]")
     return close_kernel(w)
 
 

@@ -68,8 +68,14 @@ def prologue_and_pack(w, sh, route, heads):
                     w("best[0] = r2")
             w(f"{ridx}[{bb}, {reg}, kk] = best[0]")
             w(f"aff[{bb}, {reg}, best[0]] = T.float32(-3.4e38)")       # taken: below every real affinity
+    region_keys(w, sh, route)
+    pack_regions(w, sh, route, (("kpk", "k", sh.D),))
+
+
+def region_keys(w, sh, route):
+    """ktk / kokp [S^2, 1, BNP]: each region's tokens (the routed key tiles' key map)."""
+    S2, nt = route.count, route.tokens
     tok = TIRPrinter({REG: ("reg", "int"), COL: ("c", "int")}, {})(route.token(REG, COL), "int")
-    # the key map and K, per region (one transposed copy of K, as in the dense kernel)
     w(f"ktk = T.alloc_buffer(({S2}, 1, {sh.BNP}), \"int32\")")
     w(f"kokp = T.alloc_buffer(({S2}, 1, {sh.BNP}), \"float32\")")
     w(f"for reg in T.parallel({S2}):")
@@ -78,11 +84,19 @@ def prologue_and_pack(w, sh, route, heads):
         with w.block():
             w(f"kokp[reg, 0, c] = T.Select(c < {nt}, T.float32(1), T.float32(0))")
             w(f"ktk[reg, 0, c] = T.Select(c < {nt}, {tok}, 0)")
-    w(f"kpk = T.alloc_buffer(({sh.B}, {sh.HG}, {S2}, 1, {sh.D}, {sh.BNP}), \"float32\")")
+
+
+def pack_regions(w, sh, route, packs):
+    """Per (batch, head, region), each (buffer, tensor, width) of `packs` packed transposed
+    through the region's tokens (K for QK^T; V too for the backward's dO V^T): one copy."""
+    S2 = route.count
+    for buf, _, width in packs:
+        w(f"{buf} = T.alloc_buffer(({sh.B}, {sh.HG}, {S2}, 1, {width}, {sh.BNP}), \"float32\")")
     w(f"for task in T.parallel({sh.B * sh.HG * S2}):")
     with w.block():
         w(f"b = task // {sh.HG * S2}")
         w(f"hh = task // {S2} % {sh.HG}")
         w(f"reg = task % {S2}")
         w("h = heads[hh]")
-        pack_tile(w, sh, "kpk[b, hh, reg, 0, ", "reg, 0")
+        for buf, src, width in packs:
+            pack_tile(w, sh, f"{buf}[b, hh, reg, 0, ", "reg, 0", src=src, width=width)
