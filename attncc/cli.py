@@ -129,10 +129,13 @@ def cmd_explain(args):
     return 0
 
 
-def gpu_job(name, arch, dtype, hd):
-    """Compile one catalogue entry's kernels for one arch, dtype and head dim: result rows."""
+def gpu_job(name, arch, dtype, hd, backward=True):
+    """Compile one catalogue entry's kernels for one arch, dtype and head dim: result rows (the
+    forward's, then the generated backward's dq and dkv where it serves the entry)."""
     import dataclasses
-    from attncc.codegen.triton.aot import compile_program
+    from attncc.codegen.backward import why_not
+    from attncc.codegen.triton.aot import compile_backward, compile_program
+    from attncc.codegen.triton.backward import not_generated
     from attncc.ops import entry
     from .passes.pipeline import lower
     e = entry(name)
@@ -140,35 +143,46 @@ def gpu_job(name, arch, dtype, hd):
     rows = []
     try:
         prog = lower(e.spec, dims, dtype, target=arch).program
-        results = compile_program(prog, e.tensors(dims, torch.Generator().manual_seed(0)))
+        tensors = e.tensors(dims, torch.Generator().manual_seed(0))
+        results = compile_program(prog, tensors)
     except Exception as exc:                     # reported as a failed row, the command exits 1
-        return [dict(name=name, arch=arch, dtype=dtype, hd=hd, error=f"{type(exc).__name__}: {exc}"[:300])]
+        return [dict(name=name, arch=arch, dtype=dtype, hd=hd, kernel="forward",
+                     error=f"{type(exc).__name__}: {exc}"[:300])]
+    if backward and why_not(prog) is None and not_generated(prog) is None:
+        try:
+            results += compile_backward(prog, tensors)
+        except Exception as exc:
+            rows.append(dict(name=name, arch=arch, dtype=dtype, hd=hd, kernel="dq, dkv",
+                             error=f"{type(exc).__name__}: {exc}"[:300]))
     for r in results:
         p = r.plan
-        rows.append(dict(name=name, arch=arch, dtype=dtype, hd=hd, heads=r.heads, error=None if r.fits else
-                         f"needs {r.shared} bytes of shared memory, {arch} has {r.limit}",
+        rows.append(dict(name=name, arch=arch, dtype=dtype, hd=hd, heads=r.heads, kernel=r.kernel,
+                         error=None if r.fits else f"needs {r.shared} bytes of shared memory, {arch} has {r.limit}",
                          plan=f"{p.block_m}x{p.block_n} w{p.num_warps} s{p.num_stages}", shared=r.shared,
                          model=r.model, seconds=r.seconds, regs=r.registers, spills=r.spills))
     return rows
 
 
 def gpu_table(rows):
-    lines = ["| pattern | arch | dtype | head dim | plan (BMxBN warps stages) | shared memory bytes (model) "
-             "| compile s | registers | spill bytes |", "|" + "---|" * 9]
+    lines = ["| pattern | kernel | arch | dtype | head dim | plan (BMxBN warps stages) | shared memory bytes (model) "
+             "| compile s | registers | spill bytes |", "|" + "---|" * 10]
     for r in rows:
+        head = f"| {r['name']} | {r.get('kernel', 'forward')} | {r['arch']} | {r['dtype']} | {r['hd']} |"
         if r.get("plan") is None:
-            lines.append(f"| {r['name']} | {r['arch']} | {r['dtype']} | {r['hd']} | FAILED: {r['error']} | | | | |")
+            lines.append(f"{head} FAILED: {r['error']} | | | | |")
             continue
-        fmt = lambda x: "n/a" if x is None else str(x)
-        lines.append(f"| {r['name']} | {r['arch']} | {r['dtype']} | {r['hd']} | {r['plan']} | {r['shared']:,} "
-                     f"({r['model']:,}) | {r['seconds']:.1f} | {fmt(r['regs'])} | {fmt(r['spills'])} |"
-                     + (f" FAILED: {r['error']}" if r["error"] else ""))
+        fmt = lambda x: "n/a" if x is None else f"{x:,}"
+        model = "" if r["model"] is None else f" ({r['model']:,})"      # the model sizes the forward's tiles
+        lines.append(f"{head} {r['plan']} | {r['shared']:,}{model} | {r['seconds']:.1f} | {fmt(r['regs'])} "
+                     f"| {fmt(r['spills'])} |" + (f" FAILED: {r['error']}" if r["error"] else ""))
     return "\n".join(lines)
 
 
 def cmd_check_gpu(args):
     """Compile every catalogue pattern the Triton backend serves for the given arches, fp16
-    and bf16, head dims 64 and 128, without a GPU; print a table; exit 1 on any failure."""
+    and bf16, head dims 64 and 128, without a GPU (the forward kernels, and the generated
+    backward's dq and dkv where it serves the pattern, unless --no-backward); print a table;
+    exit 1 on any failure."""
     import os
     from concurrent.futures import ProcessPoolExecutor
     from attncc.codegen.triton.backend import unsupported
@@ -184,10 +198,12 @@ def cmd_check_gpu(args):
             skipped.append(f"{e.name}: {why}")
         else:
             names.append(e.name)
-    jobs = [(n, a, dt, hd) for n in names for a in args.arch for dt in args.dtype for hd in args.head_dim]
+    jobs = [(n, a, dt, hd, not args.no_backward) for n in names for a in args.arch for dt in args.dtype
+            for hd in args.head_dim]
     print(f"attncc check-gpu: {len(jobs)} compiles ({len(names)} patterns x {len(args.arch)} arches x "
-          f"{len(args.dtype)} dtypes x {len(args.head_dim)} head dims) with triton.compile and a GPUTarget, "
-          f"{args.jobs} at a time\n", flush=True)
+          f"{len(args.dtype)} dtypes x {len(args.head_dim)} head dims; "
+          f"{'forward kernels only' if args.no_backward else 'forward and generated backward kernels'}) "
+          f"with triton.compile and a GPUTarget, {args.jobs} at a time\n", flush=True)
     rows = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool, progress_bar(len(jobs)) as bar:
         for got in pool.map(gpu_job, *zip(*jobs)):
@@ -246,6 +262,8 @@ def main(argv=None):
     p.add_argument("--head-dim", nargs="+", type=int, default=[64, 128])
     p.add_argument("--only", nargs="*", help="catalogue entries to compile (default: all the backend serves)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles in parallel")
+    p.add_argument("--no-backward", action="store_true",
+                   help="compile the forward kernels only (not the generated backward's dq and dkv kernels)")
     p.set_defaults(fn=cmd_check_gpu)
     p = sub.add_parser("cache", help="show (info) or empty (clear) attncc's caches: compiled TVM kernels, "
                                      "generated Triton sources, tuning records")

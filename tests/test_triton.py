@@ -18,6 +18,7 @@ import attncc as ac
 from attncc.dsl import patterns as P
 from attncc.ir.program import Dims
 from attncc.ops import CATALOGUE
+from attncc.runtime.autograd import BackwardWarning
 from attncc.runtime.kernel import InterpreterWarning
 
 from oracle import check_against_oracle, make_inputs
@@ -101,14 +102,19 @@ def test_triton_fully_masked_rows_give_zero_and_neg_inf_lse():
     assert not torch.isnan(out.float()).any() and out.dtype == torch.bfloat16 and lse.dtype == torch.float32
 
 
-def test_triton_gradients_recompute_through_the_reference():
+def test_triton_gradients_are_generated_and_match_the_reference():
+    """The generated backward kernels (no BackwardWarning), the relative position bias's
+    gradient included, against the reference's autograd (tests/test_grad_triton.py judges
+    them against the fp64 oracle)."""
     spec = ac.Attention(ac.window2d((8, 8), (4, 4), (2, 2)), score_mods=ac.rel_pos_bias("rpb", (4, 4)))
     q, k, v = (x.requires_grad_() for x in make_inputs(Dims(1, 2, 64, 64, 16, 16)))
     rpb = torch.randn(49, 2, requires_grad=True)
     grads = []
     for kern in (ac.compile(spec, backend="triton"), ac.reference(spec)):
         out, lse = kern(q, k, v, return_lse=True, rpb=rpb)
-        grads.append(torch.autograd.grad(out.square().sum() + lse.sum(), [q, k, v, rpb]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", BackwardWarning)
+            grads.append(torch.autograd.grad(out.square().sum() + lse.sum(), [q, k, v, rpb]))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -307,16 +313,18 @@ def test_check_gpu_compiles_a_subset_for_both_arches(arch, tmp_path):
     """`python -m attncc check-gpu` on a few patterns (a dense mask, shifted windows with a
     captured bias table and a tanh helper, routing with its prologue, causal linear attention with its states and prefix
     kernels), bf16 and fp32 (whose dots once tripped an assertion in Triton's lowering): every kernel builds and fits,
-    the table says so."""
+    the generated backward's dq and dkv too where it serves the pattern (not routing, not linear), the table says so."""
     env = {**os.environ, "ATTNCC_CACHE_DIR": str(tmp_path), "TRITON_CACHE_DIR": str(tmp_path / "triton-cache")}
     res = subprocess.run([sys.executable, "-m", "attncc", "check-gpu", "--arch", arch, "--dtype", "bfloat16", "float32",
                           "--head-dim", "64", "--only", "softcap_causal", "swin_shifted", "biformer_routing", "linear_causal",
                           "--jobs", "2"], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = [ln for ln in res.stdout.splitlines() if ln.startswith("| ") and f"| {arch} |" in ln]
-    assert len(rows) == 8 and not any("FAILED" in ln for ln in rows)
+    assert len(rows) == 16 and not any("FAILED" in ln for ln in rows)
     assert sum("| biformer_routing |" in ln for ln in rows) == 2          # its prologue kernels build too
-    assert "8 of 8 kernels compiled and fit; 0 failed" in res.stdout
+    for kernel in ("dq", "dkv"):        # softcap_causal and swin_shifted (its rel_pos_bias gradient), 2 dtypes
+        assert sum(f"| {kernel} |" in ln for ln in rows) == 4
+    assert "16 of 16 kernels compiled and fit; 0 failed" in res.stdout
 
 
 def test_check_gpu_exits_non_zero_when_a_kernel_does_not_fit(monkeypatch, capsys):

@@ -137,7 +137,7 @@ class RuntimeLayout:
         the FULL tiles that end inside the keys first (the Triton kernels sweep them without
         masks) and the counts become [HG, NQ, 2]: all tiles, those FULL ones."""
         tiles, acls = self.tiles(grp, layout)
-        bm, bn = grp.plan.block_m, grp.plan.block_n
+        bn = grp.plan.block_n
         nk = tiles.shape[-1]
         kidx = torch.arange(nk, device=tiles.device)
         clean = (tiles == FULL) & ((kidx + 1) * bn <= grp.gather.Lk)

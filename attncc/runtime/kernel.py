@@ -338,7 +338,7 @@ class Kernel:
                 c = comp[0]
                 plans = "; ".join(f"heads {g.grp.heads}: {g.grp.plan}" for g in c.groups)
                 tail = [f"=== generated Triton source (generated in {c.seconds:.2f} s; "
-                        f"plans for {c.prog.target}: {plans})", c.source]
+                        f"plans for {c.prog.target}: {plans})", c.source, *c.explain_backward()]
             else:
                 tail = ["generated source: generated at the first call (captured tensor shapes decide it)"]
         text = "\n".join(head) + "\n" + low.explain() + "\n" + "\n".join(tail)

@@ -11,6 +11,7 @@ already imported triton (or unsetting it for a GPU in the same process) would no
 reliably.
 """
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import sys
@@ -25,10 +26,13 @@ from ... import cachedir
 from ...ir import symbols as S
 from ...ir.program import FULL
 from ...version import __version__
+from ..backward import why_not
 from ..captured import as_table, kinds, param
-from ..tiles import RuntimeLayout, tile_tables
+from ..tiles import RuntimeLayout, query_tile_tables, tile_tables
 from ..routes import route_of, routed_tables
+from .backward import backward_plan, generate_dkv, generate_dq, key_blocks, not_generated, table_slots_of
 from .linear import ROWS, generate_linear, linear_tables, value_block
+from .printer import PrintError
 from .prologue import affinity_topk, region_sums
 from .source import KERNEL, GroupShape, generate, group_shape, pow2
 
@@ -306,6 +310,65 @@ class RoutingPrologue:
         return idx
 
 
+class BackwardGroup:
+    """One head group's generated backward kernels (backward.py: dq, then dkv) and the tables
+    they read: static, or made from each call's block-sparse layout; `grads`: the captured
+    tensors whose gradients the dq kernel adds."""
+
+    def __init__(self, prog, grp, meta, lse_grad, grads):
+        self.grp = grp = dataclasses.replace(grp, plan=backward_plan(prog, grp))     # the backward's own tiles
+        self.layout = RuntimeLayout.of(prog, grp)
+        self.layout_at = list(meta).index(self.layout.name) if self.layout else None
+        heads = torch.tensor(grp.heads, dtype=torch.int32)
+        if self.layout is not None:         # the tables come with each call's layout (launch)
+            nk, nq = -(-grp.gather.Lk // grp.plan.block_n), -(-grp.gather.Lq // grp.plan.block_m)
+            self.shape = sh = group_shape(prog, grp, nk, tg=len(grp.heads) * grp.gather.G)
+            self.tables, qmax = ([heads], [heads]), nq
+        else:
+            cnt, lst, cls = tile_tables(grp)
+            qcnt, qlst, qcls = query_tile_tables(grp)
+            self.shape = sh = group_shape(prog, grp, lst.shape[-1])
+            acls = torch.from_numpy(grp.blocks.classes.astype(np.int32))
+            self.tables = ([heads, *(torch.from_numpy(np.ascontiguousarray(x)) for x in (cnt, lst, cls)), acls],
+                           [heads, *(torch.from_numpy(np.ascontiguousarray(x)) for x in (qcnt, qlst, qcls)), acls])
+            qmax = qlst.shape[-1]
+        self.slots = table_slots_of(sh, meta, grads)
+        t0 = time.perf_counter()
+        self.sources = (generate_dq(prog, grp, sh, meta, lse_grad, grads),
+                        generate_dkv(prog, grp, sh, meta, qmax, lse_grad))
+        self.dq, self.dkv = (load_source(x) for x in self.sources)
+        self.seconds = time.perf_counter() - t0
+        self._on = {}
+
+    def tables_on(self, device):
+        key = str(device)
+        if key not in self._on:
+            self._on[key] = tuple([t.to(device) for t in tabs] for tabs in self.tables)
+        return self._on[key]
+
+    def launch(self, q, k, v, do, lse, dr, dq, dk, dv, parts, tabs):
+        sh, plan = self.shape, self.grp.plan
+        kw = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+        dq_tabs, dkv_tabs = self.tables_on(q.device)
+        if self.layout is not None:         # this call's layout decides the tiles
+            layout = tabs[self.layout_at]
+            cnt, lst, cls, acls = self.layout.tables(self.grp, layout)
+            dq_tabs = [*dq_tabs, cnt, lst, cls, acls]
+            dkv_tabs = [*dkv_tabs, *self.layout.query_tables(self.grp, layout), acls]
+        run(self.dq, (self.slots,), q, k, v, do, lse, dr, dq, *dq_tabs, *parts, *tabs, **kw)
+        run(self.dkv, (sh.B * sh.HG * sh.G * key_blocks(sh),), q, k, v, do, lse, dr, dk, dv, *dkv_tabs, *tabs, **kw)
+
+
+def ordered_sum(parts):
+    """The sum over dim 0 of `parts`, pairwise in a fixed order: the same bits on any device
+    and at any thread count (a reduction kernel may split the sum by the hardware)."""
+    while len(parts) > 1:
+        half = len(parts) // 2
+        pairs = parts[:half] + parts[half:2 * half]
+        parts = torch.cat((pairs, parts[2 * half:])) if len(parts) % 2 else pairs
+    return parts[0]
+
+
 class TritonProgram:
     """The generated kernels of a Program for one set of captured-tensor shapes."""
 
@@ -320,6 +383,7 @@ class TritonProgram:
         self.prologue = RoutingPrologue(prog, route) if route else None
         self.groups = [LinearGroup(prog, grp, self.meta) if prog.norm.kind == "linear"
                        else GroupKernel(prog, grp, self.meta, route) for grp in prog.groups]
+        self.grads = {}
 
     @property
     def source(self):
@@ -346,3 +410,66 @@ class TritonProgram:
             g.launch(qc, kc, vc, o, lse, tabs, stats, extra)
         o = o.to(q.dtype)
         return (o, lse) if return_lse else o
+
+    def backward_why_not(self, table_grads=()):
+        """None when the generated backward kernels serve this program and the gradients of
+        the captured tensors `table_grads` (they are generated here), else why not."""
+        why = why_not(self.prog) or not_generated(self.prog)
+        if why is None:
+            try:
+                self.backward_kernels(False, tuple(table_grads))
+            except PrintError as e:
+                why = f"the score modifier's derivative cannot be printed for Triton ({e})"
+        return why
+
+    def explain_backward(self):
+        """The backward's part of explain(): the generated kernels' plans and sources once a
+        backward generated them, else what a backward will run."""
+        why = why_not(self.prog) or not_generated(self.prog)
+        if why is not None:
+            return [f"backward: recomputes through the eager reference ({why})"]
+        if not self.grads:
+            return ["backward: generated kernels (dQ; dK and dV), generated at the first backward"]
+        out = []
+        for (lse_grad, grads), groups in self.grads.items():
+            for bg in groups:
+                out.append(f"=== generated backward Triton source, heads {bg.grp.heads}: {bg.grp.plan}"
+                           + (f"; gradients of {', '.join(grads)} in {bg.slots} slots" if grads else "")
+                           + ("; with the lse's gradient" if lse_grad else ""))
+                out += list(bg.sources)
+        return out
+
+    def backward_kernels(self, lse_grad, grads=()):
+        """The BackwardGroup of every head group, for a sigmoid lse with a gradient or not
+        (`lse_grad`) and the captured tensors `grads` that get gradients."""
+        key = (lse_grad, grads)
+        if key not in self.grads:
+            self.grads[key] = [BackwardGroup(self.prog, grp, self.meta, lse_grad, grads) for grp in self.prog.groups]
+        return self.grads[key]
+
+    def backward(self, q, k, v, out, lse, dout, dlse, tensors, grads=(), route_idx=None):
+        """(dq, dk, dv, {name: gradient of each captured tensor in `grads`}) of the loss whose
+        gradients are dout (for out, or None) and dlse (for lse, or None), from the generated
+        kernels, in the inputs' dtypes. Deterministic: each output row has one writer, and a
+        captured tensor's gradient slots are summed in a fixed order. (`route_idx`: the
+        autograd protocol's routing table; routed programs have no Triton backward yet.)"""
+        dt = q.dtype if q.dtype != torch.float64 else torch.float32   # as the forward: fp64 runs in fp32
+        qc, kc, vc = (x.to(dt).contiguous() for x in (q, k, v))
+        do = (torch.zeros_like(out, dtype=dt) if dout is None else dout.to(dt)).contiguous()
+        lse = lse.to(torch.float32).contiguous()
+        softmax = self.prog.norm.kind == "softmax"
+        dr = (do.float() * out.float()).sum(-1) if softmax else torch.zeros_like(lse)
+        lse_grad = dlse is not None and not softmax
+        if dlse is not None:
+            dr = dr - dlse.to(torch.float32)
+        dr = dr.contiguous()
+        dq, dk, dv = (torch.zeros_like(x) for x in (qc, kc, vc))
+        tabs = [as_table(tensors[n], q.device) if n in tensors else self.consts[n].to(q.device) for n in self.names]
+        dtabs = {n: torch.zeros(tensors[n].shape, dtype=torch.float64, device=q.device) for n in grads}
+        for bg in self.backward_kernels(lse_grad, tuple(grads)):
+            parts = [torch.zeros(bg.slots, *tensors[n].shape, dtype=torch.float64, device=q.device) for n in grads]
+            bg.launch(qc, kc, vc, do, lse, dr, dq, dk, dv, parts, tabs)
+            for n, part in zip(grads, parts):
+                dtabs[n] += ordered_sum(part)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
+                {n: dtabs[n].to(tensors[n].dtype) for n in grads})

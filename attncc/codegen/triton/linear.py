@@ -32,7 +32,7 @@ from ..hoist import Hoister
 from ..tiles import tile_tables
 from ..writer import SourceWriter
 from .printer import TritonPrinter
-from .source import KERNEL, _and, _load_mask, atom_classes, decode_pid, hoisted, module, query_tile
+from .source import KERNEL, _load_mask, decode_pid, hoisted, key_rows, module, pair_mask, query_tile
 
 
 
@@ -84,16 +84,6 @@ def _params(tables, *names):
     return ", ".join([*names, *(p for p, _, _ in tables.values())])
 
 
-def _key_rows(w, sh, Pk, gat):
-    """Key tile `kb`'s columns: local indices u, tokens ktok, validity kok (and u2, j2)."""
-    w(f"c = tl.arange(0, {sh.BNP})")
-    w(f"u = kb * {sh.BN} + c")
-    w(f"kok = (c < {sh.BN}) & (u < {sh.LK})" + _and(Pk, gat.k_valid))
-    w(f"ktok = {Pk(gat.k_token, 'int')} + c * 0")
-    w("u2 = u[None, :]")
-    w("j2 = ktok[None, :]")
-
-
 def _load_k(w, sh):
     """phi's input: the key tile [BNP, DP] in fp32 (`kf`) and the value tile (`vt`)."""
     w(f"kf = tl.load(k + plane * {sh.M * sh.D} + ktok[:, None] * {sh.D} + dd[None, :]"
@@ -142,7 +132,7 @@ def states_source(prog, grp, sh, tables):
     _decode(w, sh, "kb", NK)
     w(f"dd = tl.arange(0, {sh.DP})")
     w(f"dvv = jb * {dvb} + tl.arange(0, {dvb})")
-    _key_rows(w, sh, Pk, gat)
+    key_rows(w, sh, Pk, gat)
     _load_k(w, sh)
     phi(w, prog.norm.feature_map, "kf", 1, _kok_dd(sh))
     w(f"s_t = tl.dot(tl.trans(kf), vt{precision(prog)})")
@@ -186,10 +176,7 @@ def apply_source(prog, grp, sh, tables):
     residual = hoist(residual) if residual is not None else None
     rows, cols, names = hoisted(P, hoist)
     Pp = TritonPrinter(names, tables)
-    coarse = sh.BM != sh.AQ or sh.BN != sh.AK
-    res_text = Pp(residual, "bool") if residual is not None else None
-    ac = atom_classes(sh) if coarse else None
-    pair_ok = (f"(ac == {FULL})" + (f" | ((ac == {PARTIAL}) & {res_text})" if res_text else "")) if coarse else res_text
+    ac, pair_ok = pair_mask(sh, Pp(residual, "bool") if residual is not None else None)
 
     w = SourceWriter()
     params = _params(tables, "q", "k", "v", "o", "heads", "tcnt", "tlist", "tcls", "acls", "st", "zt", "pst", "pzt")
@@ -231,7 +218,7 @@ def apply_source(prog, grp, sh, tables):
         w("for kk in range(nfull, ntiles):")
         with w.block():
             w(f"kb = tl.load(tlist + item * {sh.KMAX} + kk)")
-            _key_rows(w, sh, Pk, gat)
+            key_rows(w, sh, Pk, gat)
             _load_k(w, sh)
             phi(w, fmap, "kf", 1, _kok_dd(sh))
             w(f"a = tl.dot(qf, tl.trans(kf){prec})")

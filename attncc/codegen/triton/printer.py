@@ -151,10 +151,16 @@ class TritonPrinter:
         return f"((({at} % {qt}) + {qt}) % {qt})"
 
     def _load(self, e):
+        param, _, kind = self.tables[str(e.base.label)]
+        return f"tl.load({param} + {self.offset(e)})", kind
+
+    def offset(self, e):
+        """The flat element offset of the table read `e` (its indices clamped to the table's
+        extent), as the read loads it: the backward adds a read's gradient at the same place."""
         name = str(e.base.label)
         if name not in self.tables:
             raise PrintError(f"tensor {name!r} is not a parameter of this kernel")
-        param, shape, kind = self.tables[name]
+        _, shape, _ = self.tables[name]
         if len(e.indices) != len(shape):
             raise PrintError(f"tensor {name!r} has {len(shape)} dims but is indexed with {len(e.indices)}: {e}")
         flat, stride = [], 1
@@ -162,4 +168,4 @@ class TritonPrinter:
             clamped = f"tl.minimum(tl.maximum({self(ix, 'int')}, 0), {n - 1})"
             flat.append(clamped if stride == 1 else f"{clamped} * {stride}")
             stride *= n
-        return f"tl.load({param} + {' + '.join(reversed(flat))})", kind
+        return " + ".join(reversed(flat))

@@ -101,9 +101,10 @@ def decode_pid(w, sh, inner, count, pid=None):
     w(f"plane = (b * {sh.H} + h).to(tl.int64)")
 
 
-def query_tile(w, sh, P, gat):
+def query_tile(w, sh, P, gat, lanes=True):
     """The query tile `qt` [BMP, DP], straight from [B, H, N, d] through the query map (rows
-    `r`, local indices `t`, tokens `qtok`, validity `qok`; `t2`, `i2` as columns)."""
+    `r`, local indices `t`, tokens `qtok`, validity `qok`; `t2`, `i2` as columns; the head-dim
+    lanes `dd` and `dvv` unless the caller set them: `lanes` False)."""
     w(f"r = tl.arange(0, {sh.BMP})")
     w(f"t = qi * {sh.BM} + r")
     Pq = P.with_names({S.t: ("t", "int")})
@@ -113,8 +114,9 @@ def query_tile(w, sh, P, gat):
     w(f"qtok = {Pq(gat.q_token, 'int')} + r * 0")
     w("t2 = t[:, None]")
     w("i2 = qtok[:, None]")
-    w(f"dd = tl.arange(0, {sh.DP})")
-    w(f"dvv = tl.arange(0, {sh.DVP})")
+    if lanes:
+        w(f"dd = tl.arange(0, {sh.DP})")
+        w(f"dvv = tl.arange(0, {sh.DVP})")
     w(f"qt = tl.load(q + plane * {sh.N * sh.D} + i2 * {sh.D} + dd[None, :], "
       f"mask=qok[:, None] & (dd[None, :] < {sh.D}), other=0.0)")
 
@@ -136,6 +138,41 @@ def hoisted(P, hoist):
         cols.append((sym, str(sym), text))
         names[sym] = (str(sym), kind)
     return rows, cols, names
+
+
+def dot_precision(prog):
+    """The dots' input precision argument: fp32 inputs get three tf32 products per product
+    (fp32 accuracy on the tensor cores; plain tf32 loses 10 bits, and "ieee" trips a layout
+    assertion in Triton 3.6-3.9's LLVM lowering); fp16 and bf16 multiply natively."""
+    return ', input_precision="tf32x3"' if TL_DTYPES[prog.dtype] == "tl.float32" else ""
+
+
+def key_rows(w, sh, Pk, gat):
+    """Key tile `kb`'s columns: local indices u, tokens ktok, validity kok (padding columns,
+    keys past the group's end and invalid tokens of the key map are not keys), and u2, j2."""
+    w(f"c = tl.arange(0, {sh.BNP})")
+    w(f"u = kb * {sh.BN} + c")
+    w(f"kok = (c < {sh.BN}) & (u < {sh.LK})" + _and(Pk, gat.k_valid))
+    w(f"ktok = {Pk(gat.k_token, 'int')} + c * 0")
+    w("u2 = u[None, :]")
+    w("j2 = ktok[None, :]")
+
+
+def pair_mask(sh, res_text):
+    """(statements setting the atom classes `ac`, or None; the mask of a PARTIAL tile's pairs,
+    or None) from the residual mask's text: a tile coarser than the atoms of the block
+    classification admits its FULL atoms whole and evaluates the residual on its PARTIAL ones."""
+    if sh.BM != sh.AQ or sh.BN != sh.AK:
+        return atom_classes(sh), f"(ac == {FULL})" + (f" | ((ac == {PARTIAL}) & {res_text})" if res_text else "")
+    return None, res_text
+
+
+def sigmoid_weight(w, norm, s):
+    """Write the statements of the sigmoid weight of the scores `s` (x, ex); return its text.
+    sigmoid(x) from exp(-|x|): never overflows (masked scores are -inf: weight 0)."""
+    w(f"x = {s} + {norm.bias!r}")
+    w("ex = tl.exp(-tl.abs(x))")
+    return "tl.where(x >= 0.0, 1.0 / (1.0 + ex), ex / (1.0 + ex))"
 
 
 def post_chain(prog):
@@ -164,9 +201,7 @@ def generate(prog, grp, sh, tables, route=None):
     `tables`: IR name -> (param name, shape, kind) of the tensors the expressions read."""
     gat, norm = (route.gather() if route else grp.gather), prog.norm
     dtype = TL_DTYPES[prog.dtype]
-    # fp32 inputs: three tf32 products per product (fp32 accuracy on the tensor cores; plain
-    # tf32 loses 10 bits, and "ieee" trips a layout assertion in Triton 3.6-3.9's LLVM lowering)
-    prec = ', input_precision="tf32x3"' if dtype == "tl.float32" else ""
+    prec = dot_precision(prog)
     two_pass = norm.kind == "softmax" and bool(prog.post)
     # the running statistics are kept in log2 units (exp2 is the hardware's exponential); with
     # no score modifier the softmax scale folds into that conversion, so that each weight is one
@@ -191,13 +226,7 @@ def generate(prog, grp, sh, tables, route=None):
     cols_pair = [(n, t) for sym, n, t in cols if sym in pair_syms]
     cols_mask = [(n, t) for sym, n, t in cols if sym not in pair_syms]
 
-    coarse = (sh.BM != sh.AQ or sh.BN != sh.AK)
-    res_text = Pp(residual, "bool") if residual is not None else None
-    if coarse:
-        ac = atom_classes(sh)
-        pair_ok = f"(ac == {FULL})" + (f" | ((ac == {PARTIAL}) & {res_text})" if res_text else "")
-    else:
-        ac, pair_ok = None, res_text
+    ac, pair_ok = pair_mask(sh, Pp(residual, "bool") if residual is not None else None)
 
     w = SourceWriter()
     w(f"def {KERNEL}(" + ", ".join(kernel_params(tables, route is not None)) + "):")
@@ -288,10 +317,7 @@ def generate(prog, grp, sh, tables, route=None):
             if pass_ == 1:
                 return
             if norm.kind == "sigmoid":
-                # sigmoid(x) from exp(-|x|): never overflows (masked scores are -inf: weight 0)
-                w(f"x = s + {norm.bias!r}")
-                w("ex = tl.exp(-tl.abs(x))")
-                wexpr = "tl.where(x >= 0.0, 1.0 / (1.0 + ex), ex / (1.0 + ex))"
+                wexpr = sigmoid_weight(w, norm, "s")
             elif pass_ == 2:
                 wexpr = f"(tl.math.exp2(s * {c2} - m_i[:, None]) * inv[:, None])"
             else:

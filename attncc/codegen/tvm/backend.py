@@ -15,7 +15,7 @@ from ..captured import as_table, kinds
 from ..routes import route_of, routed_tables
 from .printer import PrintError
 from .source import GroupShape, generate, group_shape
-from .backward import generate_dkv, generate_dq, table_slots
+from .backward import generate_dkv, generate_dq, table_slots_of
 from ..backward import why_not
 from ..tiles import query_tile_tables
 
@@ -232,7 +232,7 @@ class TVMProgram:
                     dq = compile_source(generate_dq(prog, grp, sh, self.meta, lse_grad, grads, self.route), [])
                     dkv = compile_source(generate_dkv(prog, grp, sh, self.meta, 0, lse_grad, self.route), [])
                     fixed = ([torch.from_numpy(x) for x in (cnt, lst, cls, acls)], "routed")
-                    out.append((grp, heads, dq, dkv, fixed, table_slots(sh, self.meta, grads)))
+                    out.append((grp, heads, dq, dkv, fixed, table_slots_of(sh, self.meta, grads)))
                     continue
                 if layout is not None:          # the tables come with each call's layout (backward)
                     nk, nq = -(-grp.gather.Lk // grp.plan.block_n), -(-grp.gather.Lq // grp.plan.block_m)
@@ -247,7 +247,7 @@ class TVMProgram:
                              [torch.from_numpy(x) for x in (qcnt, qlst, qcls)] + [acls])
                 dq = compile_source(generate_dq(prog, grp, sh, self.meta, lse_grad, grads), [])
                 dkv = compile_source(generate_dkv(prog, grp, sh, self.meta, qmax, lse_grad), [])
-                out.append((grp, heads, dq, dkv, fixed, table_slots(sh, self.meta, grads)))
+                out.append((grp, heads, dq, dkv, fixed, table_slots_of(sh, self.meta, grads)))
             self.grads[key] = out
         return self.grads[key]
 

@@ -30,7 +30,6 @@ to `slots` parallel slots, fixed by the shapes (table_slots), and the caller sum
 order. No atomics, and the same bits at any thread count.
 """
 import contextlib
-import math
 
 import sympy
 
@@ -38,6 +37,7 @@ from ...dsl.patterns import ROUTE_IDX
 from ...ir import symbols as S
 from ...ir.derivative import score_derivative, table_partials, weight_derivative
 from ...ir.program import FULL
+from ..backward import grad_param, table_slots
 from ..captured import param
 from ..writer import SourceWriter
 from .items import query_row
@@ -267,11 +267,6 @@ def _table_grads(w, sh, E, reads, value):
                     w(f"{cell} = {cell} + T.Cast(\"float64\", {term})")
 
 
-def grad_param(name):
-    """The kernel parameter of a captured tensor's gradient slots."""
-    return f"grad_{name}"
-
-
 def _scratch(w, sh, E, extra):
     for name, shp in (("qs", (sh.BMP, sh.D)), ("dos", (sh.BMP, sh.DV)), ("s", (sh.BMP, sh.BNP)),
                       ("dp", (sh.BMP, sh.BNP)), ("lr", (sh.BMP,)), ("drr", (sh.BMP,)),
@@ -281,15 +276,9 @@ def _scratch(w, sh, E, extra):
         w(f"{name} = T.alloc_buffer(({sh.BMP},), \"int32\", scope=\"local\")")
 
 
-def table_slots(sh, tables, grads, budget=1 << 26):
-    """How many slots the dq tasks are dealt to when captured tensors `grads` get gradients:
-    each slot holds a copy of every such gradient, within `budget` bytes, at most 256 (and
-    one task per slot without such gradients). From the shapes alone, never the threads."""
-    items = sh.B * sh.HG * sh.G * sh.NQ
-    if not grads:
-        return items
-    size = sum(8 * math.prod(tables[n][0]) for n in grads)
-    return max(1, min(items, 256, budget // max(1, size)))
+def table_slots_of(sh, tables, grads):
+    """The dq kernel's gradient slots (codegen/backward.table_slots), at most 256 (CPU threads)."""
+    return table_slots(sh.B * sh.HG * sh.G * sh.NQ, [tables[n][0] for n in grads], 256)
 
 
 def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=(), route=None):
@@ -300,7 +289,7 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=(), route=None):
     kslot = "rsel, 0" if route else "g, kb"
     E = _Exprs(prog, grp, sh, tables, kslot).with_grads(grads)
     gat, io = (route.gather() if route else grp.gather), _io(sh)
-    slots = table_slots(sh, tables, grads)
+    slots = table_slots_of(sh, tables, grads)
     two_pass = prog.norm.kind == "softmax" and E.post is not None
     params = [io[n] for n in ("q", "k", "v", "do", "lse", "dr", "dq", "heads")] + [
         f"tcnt: T.Buffer(({sh.table_rows}, {sh.NQ}), \"int32\")",
