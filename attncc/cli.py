@@ -73,10 +73,10 @@ def cmd_demo(args):
     from . import demo
     from attncc.ops import CATALOGUE
     torch.set_num_threads(args.threads)
-    failed = []
+    failed, trainings = [], []
     print(f"attncc demo on this CPU ({args.threads} threads, fp32). Models with random weights (nothing is "
           "downloaded) before and after ac.swap: the outputs compared, per-layer and end-to-end inference "
-          "times (interleaved rounds, medians).\n", flush=True)
+          "times, then one training step each (interleaved rounds, medians).\n", flush=True)
     for name in args.models:
         try:
             model = demo.MODELS[name]()
@@ -94,6 +94,19 @@ def cmd_demo(args):
         print(c.table() + "\n", flush=True)
         if not c.equal:
             failed.append(f"{name}: outputs differ by {c.max_diff:.1e}")
+        trainings.append(demo.compare_training(model, batch=args.batch, rounds=args.rounds))
+        t = trainings[-1]
+        print(f"training step (forward, loss, generated backward, SGD): before {t.before * 1e3:.0f} ms, after "
+              f"{t.after * 1e3:.0f} ms, {t.speedup:.2f}x; parameter gradients max abs diff {t.grad_diff:.1e} "
+              "of the largest\n", flush=True)
+        if t.grad_diff > 1e-4:
+            failed.append(f"{name}: training gradients differ by {t.grad_diff:.1e}")
+    if trainings:
+        print("## Training step before and after ac.swap\n\n| model | before ms | after ms | speedup | "
+              "gradients: max abs diff / max |grad| |\n|---|---|---|---|---|")
+        for t in trainings:
+            print(f"| {t.name} | {t.before * 1e3:.0f} | {t.after * 1e3:.0f} | {t.speedup:.2f}x | {t.grad_diff:.1e} |")
+        print(flush=True)
     entries = [e for e in CATALOGUE if not args.only or e.name in args.only]
     print("## The pattern catalogue (ops/)\n\nEach pattern compiled by attncc (backend auto: generated TVM "
           "kernels on this CPU), judged against the dense float64 oracle, and timed against its peers.\n",

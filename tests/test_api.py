@@ -81,6 +81,9 @@ def test_cli_demo_swaps_a_model_and_prints_the_catalogue_table():
     layers = [l for l in out.splitlines() if l.startswith("| layers.")]
     assert len(layers) == 12 and all(float(l.split("|")[2]) > 0 and float(l.split("|")[3]) > 0 for l in layers)
     assert "| **end to end** |" in out
+    train = [l for l in out.splitlines() if l.startswith("| ViT-B-sized")]
+    assert len(train) == 1 and "## Training step before and after ac.swap" in out
+    assert float(train[0].split("|")[5]) <= 1e-4            # the swapped model's parameter gradients
     head = "| pattern | family | shape | density | backend | first call s (compile) | attncc ms | eager ms"
     assert head in out
     rows = [l for l in out.splitlines() if l.startswith("| ") and l.split("|")[1].strip() in
