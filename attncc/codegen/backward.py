@@ -3,6 +3,10 @@ its backward kernels can be generated (and if not, why, in words a user can act 
 which of its inputs get gradients from them."""
 import math
 
+import numpy as np
+
+from ..ir import symbols as S
+from ..ir.evaluate import evaluate
 from .tiles import slots_once
 
 SLOT_BYTES = 1 << 26    # the float64 gradient slots of the captured tensors fit this many bytes
@@ -35,3 +39,17 @@ def table_slots(tasks, shapes, cap):
         return tasks
     size = sum(8 * math.prod(s) for s in shapes)
     return max(1, min(tasks, cap, SLOT_BYTES // max(1, size)))
+
+
+def scatter_pair(read, gat, heads, tile, grad):
+    """grad[the read's index] += tile[hh, t, u] over the heads of the group and group 0's local
+    queries t and keys u (a hoisted group-invariant read: every group reads the same entry at
+    (t, u)), in float64, sequentially (numpy's add.at: the same bits every time)."""
+    t, u = np.arange(gat.Lq), np.arange(gat.Lk)
+    q0 = np.broadcast_to(np.asarray(evaluate(gat.q_token.subs(S.g, 0), {S.t: t})), t.shape)
+    k0 = np.broadcast_to(np.asarray(evaluate(gat.k_token.subs(S.g, 0), {S.u: u})), u.shape)
+    env = {S.h: np.asarray(heads)[:, None, None], S.i: q0[None, :, None], S.j: k0[None, None, :]}
+    shape = (len(heads), gat.Lq, gat.Lk)
+    idx = tuple(np.clip(np.broadcast_to(np.asarray(evaluate(ix, env)), shape), 0, n - 1)
+                for ix, n in zip(read.indices, grad.shape))
+    np.add.at(grad, idx, tile[:, :gat.Lq, :gat.Lk])

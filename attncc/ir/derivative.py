@@ -22,6 +22,11 @@ def _printable(expr):
                         lambda e: sympy.Piecewise((1, e.args[0] > 0), (-1, e.args[0] < 0), (0, True)))
 
 
+def derivative(expr, x):
+    """d expr / d x (a symbol or a table read), printable."""
+    return _printable(sympy.diff(expr, x))
+
+
 def score_derivative(score):
     """d score' / d score: 1 for additive modifiers (bias, ALiBi), an expression of the score
     for a nonlinear one (softcap: 1 - tanh(s / c)^2)."""

@@ -15,8 +15,8 @@ from ..captured import as_table, kinds
 from ..routes import route_of, routed_tables
 from .printer import PrintError
 from .source import GroupShape, generate, group_shape
-from .backward import generate_dkv, generate_dq, table_slots_of
-from ..backward import why_not
+from .backward import generate_dkv, generate_dq, pair_grads, table_slots_of
+from ..backward import scatter_pair, why_not
 from ..tiles import query_tile_tables
 
 
@@ -189,7 +189,7 @@ class TVMProgram:
             return ["backward: generated kernels (dQ; dK and dV), compiled at the first backward"]
         out = []
         for (lse_grad, grads), groups in self.grads.items():
-            for grp, _, dq, dkv, _, slots in groups:
+            for grp, _, dq, dkv, _, slots, _ in groups:
                 out.append(f"=== generated backward TVMScript, heads {grp.heads}: {grp.plan}"
                            + (f"; gradients of {', '.join(grads)} in {slots} slots" if grads else "")
                            + ("; with the lse's gradient" if lse_grad else ""))
@@ -232,7 +232,7 @@ class TVMProgram:
                     dq = compile_source(generate_dq(prog, grp, sh, self.meta, lse_grad, grads, self.route), [])
                     dkv = compile_source(generate_dkv(prog, grp, sh, self.meta, 0, lse_grad, self.route), [])
                     fixed = ([torch.from_numpy(x) for x in (cnt, lst, cls, acls)], "routed")
-                    out.append((grp, heads, dq, dkv, fixed, table_slots_of(sh, self.meta, grads)))
+                    out.append((grp, heads, dq, dkv, fixed, table_slots_of(sh, self.meta, grads), (sh, [])))
                     continue
                 if layout is not None:          # the tables come with each call's layout (backward)
                     nk, nq = -(-grp.gather.Lk // grp.plan.block_n), -(-grp.gather.Lq // grp.plan.block_m)
@@ -247,7 +247,8 @@ class TVMProgram:
                              [torch.from_numpy(x) for x in (qcnt, qlst, qcls)] + [acls])
                 dq = compile_source(generate_dq(prog, grp, sh, self.meta, lse_grad, grads), [])
                 dkv = compile_source(generate_dkv(prog, grp, sh, self.meta, qmax, lse_grad), [])
-                out.append((grp, heads, dq, dkv, fixed, table_slots_of(sh, self.meta, grads)))
+                out.append((grp, heads, dq, dkv, fixed, table_slots_of(sh, self.meta, grads),
+                            (sh, pair_grads(prog, grp, sh, self.meta, grads))))
             self.grads[key] = out
         return self.grads[key]
 
@@ -273,7 +274,7 @@ class TVMProgram:
         dq, dk, dv = (torch.zeros_like(x) for x in (qf, kf, vf))
         tabs = [as_table(tensors[n]) if n in tensors else self.consts[n] for n in self.names]
         dtabs = {n: torch.zeros(tensors[n].shape, dtype=torch.float64) for n in grads}
-        for grp, heads, cq, ckv, fixed, slots in self.backward_kernels(lse_grad, tuple(grads)):
+        for grp, heads, cq, ckv, fixed, slots, (sh, hoisted) in self.backward_kernels(lse_grad, tuple(grads)):
             if isinstance(fixed, RuntimeLayout):         # this call's layout decides the tiles
                 lay = tabs[self.names.index(fixed.name)]
                 cnt, lst, cls, acls = fixed.tables(grp, lay)
@@ -281,11 +282,17 @@ class TVMProgram:
             elif fixed[1] == "routed":                  # the query regions routed to each region
                 fixed = (fixed[0], list(inverse_routes(route_idx)))
             parts = [torch.zeros(slots, *tensors[n].shape, dtype=torch.float64) for n in grads]
+            tiles = [torch.zeros(slots, sh.HG, sh.BMP, sh.BNP, dtype=torch.float64) for _ in hoisted]
             routes = [route_idx] if self.route is not None else []
-            cq.fn(qf, kf, vf, do, lse, dr, dq, heads, *fixed[0], *parts, *routes, *tabs)
+            cq.fn(qf, kf, vf, do, lse, dr, dq, heads, *fixed[0], *parts, *tiles, *routes, *tabs)
             ckv.fn(qf, kf, vf, do, lse, dr, dk, dv, heads, *fixed[1], *tabs)
             for n, part in zip(grads, parts):
                 for p in part:                  # in slot order: the same bits at any thread count
                     dtabs[n] += p
+            for (n, read), tile in zip(hoisted, tiles):
+                total = tile[0].clone()
+                for p in tile[1:]:              # in slot order, then into the tensor's entries
+                    total += p
+                scatter_pair(read, grp.gather, grp.heads, total.numpy(), dtabs[n].numpy())
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
                 {n: dtabs[n].to(tensors[n].dtype) for n in grads})

@@ -35,16 +35,17 @@ import sympy
 
 from ...dsl.patterns import ROUTE_IDX
 from ...ir import symbols as S
-from ...ir.derivative import score_derivative, table_partials, weight_derivative
+from ...ir.derivative import derivative, score_derivative, table_partials, weight_derivative
 from ...ir.program import FULL
 from ..backward import grad_param, table_slots
 from ..captured import param
+from ..hoist import Hoister, group_invariant
 from ..writer import SourceWriter
 from .items import query_row
 from .microkernel import gemm, mask, pack_tile, pv, qk, reduce_over, value_lanes
 from .printer import TIRPrinter
 from .routing import pack_regions, region_keys, route_param
-from .source import _post_chain, _sigmoid, close_kernel, key_tables
+from .source import _pair_tiles, _post_chain, _sigmoid, close_kernel, key_tables
 
 HEADER = ("from tvm.script import tirx as T",
           "from attncc.codegen.tvm.intrin import NEG, NEG_HALF, fexp, fexp_any, flog, flog_any, ftanh, lanes_sum, live")
@@ -90,10 +91,22 @@ class _Exprs:
         self.tables = {n: (s, k) for n, (s, k, _) in tables.items()}
         self.base = {S.g: ("g", "int"), S.b: ("b", "int"), S.h: ("h", "int")}
         self.mod = prog.score != S.score
-        self.deriv = score_derivative(prog.score) if self.mod else 1
+        # one query and one key tile per group: a float table read that is the same in every
+        # group (Swin's relative position bias) becomes a per-call [heads, BMP, BNP] tile, as in
+        # the forward (no index arithmetic per pair), and its gradient is summed per tile
+        self.pairs, self.score = {}, prog.score
+        if self.mod and kslot == "g, kb" and sh.NQ == 1 and sh.NK == 1:
+            pair = lambda e: self.tables.get(str(e.base), ((), ""))[1] == "float" and \
+                group_invariant(e, grp.gather, grp.heads)
+            hoist = Hoister(row={S.i, S.t}, col={S.j, S.u}, blocked={S.score, S.weight}, pair=pair)
+            hoisted = hoist(prog.score)
+            self.score = hoisted.xreplace({sym: e for e, sym in {**hoist.rows, **hoist.cols}.items()})
+            self.pairs = dict(hoist.pairs)
+        self.deriv = score_derivative(self.score) if self.mod else 1
         self.post = _post_chain(prog) if prog.post else None
         self.dpost = weight_derivative(self.post) if self.post is not None else None
         self.reads, self.post_reads = [], []    # (read, coefficient, its per-pair buffer or None)
+        self.pair_reads = []
         P = TIRPrinter({**self.base, S.t: ("t", "int"), S.u: ("u", "int"), S.i: ("qtok[r]", "int"),
                         S.j: (f"ktk[{kslot}, c]", "int")}, self.tables)
         self.pair_ok = P(grp.residual, "bool") if grp.residual is not None else "T.bool(True)"
@@ -109,7 +122,13 @@ class _Exprs:
             parts = table_partials(expr, set(names))
             return [(x, c, None if not c.free_symbols - {S.b, S.h, S.g} and not c.atoms(sympy.Indexed)
                      else f"{prefix}{n}") for n, (x, c) in enumerate(parts.items())]
-        self.reads, self.post_reads = reads(self.prog.score, "tc"), reads(self.post, "pc")
+        self.reads, self.post_reads = reads(self.score, "tc"), reads(self.post, "pc")
+        # (read, its tile's symbol, coefficient) of the hoisted reads that get gradients
+        self.pair_reads = []
+        for n, (x, sym) in enumerate(self.pairs.items()):
+            if str(x.base.label) in names:
+                coef = derivative(self.score, sym)
+                self.pair_reads.append((x, sym, coef, None if coef.is_number else f"hc{n}"))
         return self
 
     def _names(self, col, weight=None):
@@ -119,6 +138,7 @@ class _Exprs:
                  S.score: (f"s[r, {col}]", "float")}
         if weight is not None:
             names[S.weight] = (weight, "float")
+        names.update({sym: (f"{sym}[hh, r, {col}]", "float") for sym in self.pairs.values()})
         return names
 
     def at(self, expr, col, weight=None):
@@ -134,7 +154,7 @@ class _Exprs:
         """The per-pair scratch tiles these expressions need besides s and dp."""
         names = ["fd"] if self.mod and self.deriv != 1 else []
         names += ["wp", "fdw"] if self.post is not None else []
-        return names + [buf for _, _, buf in self.reads + self.post_reads if buf]
+        return names + [buf for *_, buf in self.reads + self.post_reads + self.pair_reads if buf]
 
 
 @contextlib.contextmanager
@@ -177,10 +197,10 @@ def _scores(w, sh, E, kslot, ktile, vtile):
         with pairs(w, sh) as col:
             if E.deriv != 1:
                 w(f"fd[r, {col}] = {E.at(E.deriv, col)}")
-            for _, coef, buf in E.reads:
+            for *_, coef, buf in E.reads + E.pair_reads:
                 if buf:
                     w(f"{buf}[r, {col}] = {E.at(coef, col)}")
-            w(f"s[r, {col}] = {E.at(E.prog.score, col)}")
+            w(f"s[r, {col}] = {E.at(E.score, col)}")
     mask(w, sh, E.pair_ok, (), kslot)
     qk(w, sh, kslot=kslot, ktile=vtile, a="dos", depth=sh.DV, out="dp")
 
@@ -267,6 +287,30 @@ def _table_grads(w, sh, E, reads, value):
                     w(f"{cell} = {cell} + T.Cast(\"float64\", {term})")
 
 
+def _pair_grads(w, sh, E):
+    """The gradient of each hoisted [heads, tile] read (Swin's bias): dS' times its
+    coefficient summed into the slot's float64 tile, vectorized (the caller adds the tile
+    into the tensor's gradient through the read's index, once per call)."""
+    if not E.pair_reads:
+        return
+    with pairs(w, sh) as col:
+        for _, sym, coef, buf in E.pair_reads:
+            cell = f"{pair_param(sym)}[slot, hh, r, {col}]"
+            term = f"s[r, {col}] * {buf}[r, {col}]" if buf else f"s[r, {col}] * {E.at(coef, col)}"
+            w(f"{cell} = {cell} + T.Cast(\"float64\", {term})")
+
+
+def pair_param(sym):
+    """The kernel parameter of a hoisted read's gradient tiles."""
+    return f"grad_{sym}"
+
+
+def pair_grads(prog, grp, sh, tables, grads):
+    """[(tensor name, read)] of the hoisted reads whose gradients the dq kernel sums per tile,
+    in the order of its parameters."""
+    return [(str(x.base.label), x) for x, *_ in _Exprs(prog, grp, sh, tables).with_grads(grads).pair_reads]
+
+
 def _scratch(w, sh, E, extra):
     for name, shp in (("qs", (sh.BMP, sh.D)), ("dos", (sh.BMP, sh.DV)), ("s", (sh.BMP, sh.BNP)),
                       ("dp", (sh.BMP, sh.BNP)), ("lr", (sh.BMP,)), ("drr", (sh.BMP,)),
@@ -296,7 +340,8 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=(), route=None):
         f"tlist: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
         f"tcls: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
         f"acls: T.Buffer(({sh.table_rows}, {sh.NQA}, {sh.NKA}), \"int32\")"] + [
-        f"{grad_param(n)}: T.Buffer(({slots}, {', '.join(map(str, tables[n][0]))}), \"float64\")" for n in grads] + (
+        f"{grad_param(n)}: T.Buffer(({slots}, {', '.join(map(str, tables[n][0]))}), \"float64\")" for n in grads] + [
+        f"{pair_param(sym)}: T.Buffer(({slots}, {sh.HG}, {sh.BMP}, {sh.BNP}), \"float64\")" for _, sym, *_ in E.pair_reads] + (
         [route_param(sh, route)] if route else [])
     w = _open(sh, tables, "backward: dQ", params)
     # K and V packed transposed per key tile (per region when routed), once per call (qk's layout)
@@ -312,6 +357,7 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=(), route=None):
             _decode(w, sh, sh.NK, "kb")
             pack_tile(w, sh, "kpk[b, hh, g, kb, ", "g, kb")
             pack_tile(w, sh, "vpk[b, hh, g, kb, ", "g, kb", src="v", width=sh.DV)
+    _pair_tiles(w, sh, E.P, gat, E.pairs)
     items = sh.B * sh.HG * sh.G * sh.NQ
     per = -(-items // slots)
     w(f"for slot in T.parallel({slots}):")
@@ -359,6 +405,7 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=(), route=None):
         _table_grads(w, sh, E, E.post_reads, "dp")
         _dscores(w, sh, prog.norm, E, lse_grad, chain=False)
         _table_grads(w, sh, E, E.reads, "s")
+        _pair_grads(w, sh, E)
         _chain(w, sh, E)
         pv(w, sh, acc="dqa", src="k", width=sh.D, kslot=kslot)
         w.depth = depth
@@ -394,6 +441,7 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False, route=None):
         region_keys(w, sh, route)
     else:
         key_tables(w, sh, E.P, gat)
+    _pair_tiles(w, sh, E.P, gat, E.pairs)
     w(f"for task in T.parallel({sh.B * sh.HG * (route.count if route else sh.G * sh.NK)}):")
     with w.block():
         _scratch(w, sh, E, [("kpl", (sh.D, sh.BNP)), ("vpl", (sh.DV, sh.BNP)),
