@@ -267,11 +267,16 @@ def test_tvm_training_memory_has_no_n_by_m_buffer(tmp_path):
 def test_explain_shows_the_backward_kernels():
     spec = ac.Attention(ac.causal(), score_mods=ac.softcap(5.0))
     kern = ac.compile(spec, backend="tvm")
-    q, k, v = (x.requires_grad_() for x in make_inputs(Dims(1, 2, 64, 64, 16, 16)))
+    q, k, v = (x.requires_grad_() for x in make_inputs(Dims(1, 2, 300, 300, 16, 16)))
     assert "compiled at the first backward" in kern.explain(file=None)
     kern(q, k, v).sum().backward()
     text = kern.explain(file=None)
-    assert "=== generated backward TVMScript" in text and "backward: dQ" in text and "backward: dK, dV" in text
+    assert "=== generated backward TVMScript" in text and "(backward: dQ)" in text and "(backward: dK, dV)" in text
+    # one query tile and one key tile per window: one kernel computes dQ, dK and dV
+    win = ac.compile(ac.Attention(ac.window2d((8, 8), (4, 4))), backend="tvm")
+    q, k, v = (x.requires_grad_() for x in make_inputs(Dims(1, 2, 64, 64, 16, 16)))
+    win(q, k, v).sum().backward()
+    assert "(backward: dQ, dK, dV)" in win.explain(file=None)
     lin = ac.compile(ac.Attention(ac.causal(), normalizer=ac.linear()), backend="tvm")
     lin(*make_inputs(Dims(1, 2, 64, 64, 16, 16)))
     assert "backward: recomputes through the eager reference (linear attention's" in lin.explain(file=None)

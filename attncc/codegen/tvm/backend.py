@@ -15,7 +15,7 @@ from ..captured import as_table, kinds
 from ..routes import route_of, routed_tables
 from .printer import PrintError
 from .source import GroupShape, generate, group_shape
-from .backward import generate_dkv, generate_dq, pair_grads, table_slots_of
+from .backward import fuses, generate_dkv, generate_dq, pair_grads, table_slots_of
 from ..backward import scatter_pair, why_not
 from ..tiles import query_tile_tables
 
@@ -193,7 +193,7 @@ class TVMProgram:
                 out.append(f"=== generated backward TVMScript, heads {grp.heads}: {grp.plan}"
                            + (f"; gradients of {', '.join(grads)} in {slots} slots" if grads else "")
                            + ("; with the lse's gradient" if lse_grad else ""))
-                out += [dq.source, dkv.source]
+                out += [k.source for k in (dq, dkv) if k is not None]
         return out
 
     @property
@@ -245,8 +245,8 @@ class TVMProgram:
                     acls = torch.from_numpy(grp.blocks.classes.astype(np.int32))
                     fixed = ([torch.from_numpy(x) for x in (cnt, lst, cls)] + [acls],
                              [torch.from_numpy(x) for x in (qcnt, qlst, qcls)] + [acls])
-                dq = compile_source(generate_dq(prog, grp, sh, self.meta, lse_grad, grads), [])
-                dkv = compile_source(generate_dkv(prog, grp, sh, self.meta, qmax, lse_grad), [])
+                dq = None if fuses(prog, sh) else compile_source(generate_dq(prog, grp, sh, self.meta, lse_grad, grads), [])
+                dkv = compile_source(generate_dkv(prog, grp, sh, self.meta, qmax, lse_grad, grads=grads), [])
                 out.append((grp, heads, dq, dkv, fixed, table_slots_of(sh, self.meta, grads),
                             (sh, pair_grads(prog, grp, sh, self.meta, grads))))
             self.grads[key] = out
@@ -284,8 +284,11 @@ class TVMProgram:
             parts = [torch.zeros(slots, *tensors[n].shape, dtype=torch.float64) for n in grads]
             tiles = [torch.zeros(slots, sh.HG, sh.BMP, sh.BNP, dtype=torch.float64) for _ in hoisted]
             routes = [route_idx] if self.route is not None else []
-            cq.fn(qf, kf, vf, do, lse, dr, dq, heads, *fixed[0], *parts, *tiles, *routes, *tabs)
-            ckv.fn(qf, kf, vf, do, lse, dr, dk, dv, heads, *fixed[1], *tabs)
+            if cq is None:                      # one kernel: dQ too (backward.fuses)
+                ckv.fn(qf, kf, vf, do, lse, dr, dk, dv, heads, dq, *fixed[1], *parts, *tiles, *tabs)
+            else:
+                cq.fn(qf, kf, vf, do, lse, dr, dq, heads, *fixed[0], *parts, *tiles, *routes, *tabs)
+                ckv.fn(qf, kf, vf, do, lse, dr, dk, dv, heads, *fixed[1], *tabs)
             for n, part in zip(grads, parts):
                 for p in part:                  # in slot order: the same bits at any thread count
                     dtabs[n] += p

@@ -339,10 +339,8 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=(), route=None):
         f"tcnt: T.Buffer(({sh.table_rows}, {sh.NQ}), \"int32\")",
         f"tlist: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
         f"tcls: T.Buffer(({sh.table_rows}, {sh.NQ}, {sh.KMAX}), \"int32\")",
-        f"acls: T.Buffer(({sh.table_rows}, {sh.NQA}, {sh.NKA}), \"int32\")"] + [
-        f"{grad_param(n)}: T.Buffer(({slots}, {', '.join(map(str, tables[n][0]))}), \"float64\")" for n in grads] + [
-        f"{pair_param(sym)}: T.Buffer(({slots}, {sh.HG}, {sh.BMP}, {sh.BNP}), \"float64\")" for _, sym, *_ in E.pair_reads] + (
-        [route_param(sh, route)] if route else [])
+        f"acls: T.Buffer(({sh.table_rows}, {sh.NQA}, {sh.NKA}), \"int32\")"] + \
+        _grad_params(sh, tables, grads, E, slots) + ([route_param(sh, route)] if route else [])
     w = _open(sh, tables, "backward: dQ", params)
     # K and V packed transposed per key tile (per region when routed), once per call (qk's layout)
     if route:
@@ -419,14 +417,24 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=(), route=None):
     return close_kernel(w)
 
 
-def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False, route=None):
+def fuses(prog, sh, route=None):
+    """Whether one kernel computes dQ too: one query tile and one key tile per group (windows,
+    axial lines, short sequences), whose task then sees every pair of its rows and columns
+    (no second recompute of QK^T and dO V^T). Not through post modifiers (their softmax row
+    term needs a pass of its own)."""
+    return route is None and sh.NQ == 1 and sh.NK == 1 and not prog.post
+
+
+def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False, route=None, grads=()):
     """The dkv kernel's source: dK and dV over the transposed tables (qmax: their width). A
     task owns a key tile (a region when routed: the query regions that routed to it come
-    from the inverse of the forward's routing table, per batch: icnt, ilist, islot)."""
+    from the inverse of the forward's routing table, per batch: icnt, ilist, islot). When
+    `fuses`, also dQ and the gradients of the captured tensors `grads` (dq's slots)."""
     kslot = "kr, 0" if route else "g, kb"
-    E = _Exprs(prog, grp, sh, tables, kslot)
+    fused = fuses(prog, sh, route)
+    E = _Exprs(prog, grp, sh, tables, kslot).with_grads(grads if fused else ())
     gat, io = (route.gather() if route else grp.gather), _io(sh)
-    params = [io[n] for n in ("q", "k", "v", "do", "lse", "dr", "dk", "dv", "heads")]
+    params = [io[n] for n in ("q", "k", "v", "do", "lse", "dr", "dk", "dv", "heads")] + ([io["dq"]] if fused else [])
     if route:
         S2 = route.count
         params += [f"icnt: T.Buffer(({sh.B}, {S2}), \"int32\")", f"ilist: T.Buffer(({sh.B}, {S2}, {S2}), \"int32\")",
@@ -436,17 +444,28 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False, route=None):
                    f"qlist: T.Buffer(({sh.table_rows}, {sh.NK}, {qmax}), \"int32\")",
                    f"qcls: T.Buffer(({sh.table_rows}, {sh.NK}, {qmax}), \"int32\")",
                    f"acls: T.Buffer(({sh.table_rows}, {sh.NQA}, {sh.NKA}), \"int32\")"]
-    w = _open(sh, tables, "backward: dK, dV", params)
+    slots = table_slots_of(sh, tables, grads) if fused else sh.B * sh.HG * sh.G * sh.NK
+    if fused:
+        params += _grad_params(sh, tables, grads, E, slots)
+    w = _open(sh, tables, "backward: dQ, dK, dV" if fused else "backward: dK, dV", params)
     if route:
         region_keys(w, sh, route)
     else:
         key_tables(w, sh, E.P, gat)
     _pair_tiles(w, sh, E.P, gat, E.pairs)
-    w(f"for task in T.parallel({sh.B * sh.HG * (route.count if route else sh.G * sh.NK)}):")
+    items = sh.B * sh.HG * (route.count if route else sh.G * sh.NK)
+    per = -(-items // slots)
+    w(f"for slot in T.parallel({slots}):")
     with w.block():
         _scratch(w, sh, E, [("kpl", (sh.D, sh.BNP)), ("vpl", (sh.DV, sh.BNP)),
                             ("dka", (sh.BNP, sh.D)), ("dva", (sh.BNP, sh.DV))]
-                 + ([("sl", (sh.BMP, sh.BNP))] if lse_grad else []))
+                 + ([("sl", (sh.BMP, sh.BNP))] if lse_grad else []) + ([("dqa", (sh.BMP, sh.D))] if fused else []))
+        w(f"for it in range({per}):")
+        w.depth += 1
+        w(f"task = T.min(slot * {per} + it, {items - 1})")
+        if per * slots != items:
+            w(f"if slot * {per} + it < {items}:")
+            w.depth += 1
         if route:
             w(f"b = task // {sh.HG * S2}")
             w(f"hh = task // {S2} % {sh.HG}")
@@ -464,6 +483,13 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False, route=None):
             w(f"for j in T.vectorized({sh.DV}):")
             with w.block():
                 w("dva[c, j] = T.float32(0)")
+        if fused:
+            w(f"for r in range({sh.BMP}):")
+            with w.block():
+                w("qok[r] = 0")
+                w(f"for j in T.vectorized({sh.D}):")
+                with w.block():
+                    w("dqa[r, j] = T.float32(0)")
 
         def query_tile():
             _rows(w, sh, prog, E.P, gat, zero_invalid=True)
@@ -472,7 +498,12 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False, route=None):
             # dV += p^T dO (post(p) through post modifiers), then dK += dS^T (q * scale): rows
             # are key columns, the sum over rows r
             _acc_t(w, sh, "dva", "dos", sh.DV, "wp" if E.post is not None else "s")
-            _dscores(w, sh, prog.norm, E, lse_grad)
+            _dscores(w, sh, prog.norm, E, lse_grad, chain=not fused)
+            if fused:
+                _table_grads(w, sh, E, E.reads, "s")
+                _pair_grads(w, sh, E)
+                _chain(w, sh, E)
+                pv(w, sh, acc="dqa", src="k", width=sh.D, kslot=kslot)
             _acc_t(w, sh, "dka", "qs", sh.D)
         if route:               # every routed tile is FULL
             w("for qq in range(icnt[b, kr]):")
@@ -500,7 +531,23 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False, route=None):
                 w(f"for j in T.vectorized({sh.DV}):")
                 with w.block():
                     w(f"dv[b, h, ktk[{kslot}, c], j] = dva[c, j]")
+        if fused:               # the one query tile's rows: every key they see was in this tile
+            w(f"for r in range({sh.BM}):")
+            with w.block():
+                w("if qok[r] != 0:")
+                with w.block():
+                    w(f"for j in T.vectorized({sh.D}):")
+                    with w.block():
+                        w(f"dq[b, h, qtok[r], j] = dqa[r, j] * T.float32({prog.scale!r})")
     return close_kernel(w)
+
+
+def _grad_params(sh, tables, grads, E, slots):
+    """The gradient slots' parameters: per captured tensor in `grads`, then per hoisted read."""
+    return ([f"{grad_param(n)}: T.Buffer(({slots}, {', '.join(map(str, tables[n][0]))}), \"float64\")"
+             for n in grads] +
+            [f"{pair_param(sym)}: T.Buffer(({slots}, {sh.HG}, {sh.BMP}, {sh.BNP}), \"float64\")"
+             for _, sym, *_ in E.pair_reads])
 
 
 def _acc_t(w, sh, acc, rows, width, weights="s"):
