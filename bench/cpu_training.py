@@ -127,7 +127,7 @@ def main():
                  f"{flops / ta / 1e9:.1f} |")
             results.append({"case": key, "label": label, "attncc_ms": ta * 1e3, "peer": peer, "peer_ms": pt * 1e3,
                             "speedup": pt / ta, "bar": BARS[key]})
-    out = Path("bench/out")
+    out = Path(__file__).parent / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "cpu_training.json").write_text(json.dumps({"rows": results}, indent=1))
     (out / "cpu_training.md").write_text("\n".join(table) + "\n")

@@ -247,8 +247,9 @@ class TVMProgram:
                              [torch.from_numpy(x) for x in (qcnt, qlst, qcls)] + [acls])
                 dq = None if fuses(prog, sh) else compile_source(generate_dq(prog, grp, sh, self.meta, lse_grad, grads), [])
                 dkv = compile_source(generate_dkv(prog, grp, sh, self.meta, qmax, lse_grad, grads=grads), [])
-                out.append((grp, heads, dq, dkv, fixed, table_slots_of(sh, self.meta, grads),
-                            (sh, pair_grads(prog, grp, sh, self.meta, grads))))
+                hoisted = pair_grads(prog, grp, sh, self.meta, grads)
+                out.append((grp, heads, dq, dkv, fixed, table_slots_of(sh, self.meta, grads, len(hoisted)),
+                            (sh, hoisted)))
             self.grads[key] = out
         return self.grads[key]
 

@@ -320,9 +320,11 @@ def _scratch(w, sh, E, extra):
         w(f"{name} = T.alloc_buffer(({sh.BMP},), \"int32\", scope=\"local\")")
 
 
-def table_slots_of(sh, tables, grads):
-    """The dq kernel's gradient slots (codegen/backward.table_slots), at most 256 (CPU threads)."""
-    return table_slots(sh.B * sh.HG * sh.G * sh.NQ, [tables[n][0] for n in grads], 256)
+def table_slots_of(sh, tables, grads, hoisted=0):
+    """The dq kernel's gradient slots (codegen/backward.table_slots), at most 256 (CPU
+    threads); `hoisted`: how many [heads, tile] gradient tiles each slot holds besides."""
+    shapes = [tables[n][0] for n in grads] + [(sh.HG, sh.BMP, sh.BNP)] * hoisted
+    return table_slots(sh.B * sh.HG * sh.G * sh.NQ, shapes, 256)
 
 
 def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=(), route=None):
@@ -333,7 +335,7 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=(), route=None):
     kslot = "rsel, 0" if route else "g, kb"
     E = _Exprs(prog, grp, sh, tables, kslot).with_grads(grads)
     gat, io = (route.gather() if route else grp.gather), _io(sh)
-    slots = table_slots_of(sh, tables, grads)
+    slots = table_slots_of(sh, tables, grads, len(E.pair_reads))
     two_pass = prog.norm.kind == "softmax" and E.post is not None
     params = [io[n] for n in ("q", "k", "v", "do", "lse", "dr", "dq", "heads")] + [
         f"tcnt: T.Buffer(({sh.table_rows}, {sh.NQ}), \"int32\")",
@@ -444,7 +446,7 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False, route=None, grads=
                    f"qlist: T.Buffer(({sh.table_rows}, {sh.NK}, {qmax}), \"int32\")",
                    f"qcls: T.Buffer(({sh.table_rows}, {sh.NK}, {qmax}), \"int32\")",
                    f"acls: T.Buffer(({sh.table_rows}, {sh.NQA}, {sh.NKA}), \"int32\")"]
-    slots = table_slots_of(sh, tables, grads) if fused else sh.B * sh.HG * sh.G * sh.NK
+    slots = table_slots_of(sh, tables, grads, len(E.pair_reads)) if fused else sh.B * sh.HG * sh.G * sh.NK
     if fused:
         params += _grad_params(sh, tables, grads, E, slots)
     w = _open(sh, tables, "backward: dQ, dK, dV" if fused else "backward: dK, dV", params)
