@@ -102,7 +102,7 @@ def test_tvm_gradients_in_half_precision(dtype):
     check_grads_against_oracle(spec, *make_inputs(Dims(1, 2, 256, 256, 16, 16), dtype), backend="tvm")
 
 
-@random_spec_test(15)
+@random_spec_test(10)
 @given(case=specs())
 def test_tvm_random_spec_gradients_match_dense_oracle(case):
     spec, dims, tensors = case
@@ -110,7 +110,7 @@ def test_tvm_random_spec_gradients_match_dense_oracle(case):
     check_generated_grads(spec, *make_inputs(dims), tensors)
 
 
-@random_spec_test(10)
+@random_spec_test(6)
 @given(case=multi_tile_specs())
 def test_tvm_multi_tile_random_spec_gradients_match_dense_oracle(case):
     spec, dims, tensors = case

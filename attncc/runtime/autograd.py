@@ -1,6 +1,6 @@
 """Gradients for generated kernels: the forward runs the generated kernel; the backward runs
 the backend's generated backward kernels where it has them (`run.backward_why_not()` is None:
-the TVM backend, issue 23), else recomputes through the eager reference (memory-proportional
+TVM and Triton, issue 23), else recomputes through the eager reference (memory-proportional
 to the useful pairs) and differentiates that, with a BackwardWarning saying why.
 ``recompute_grads`` is shared by the eager path (the autograd.Function below) and the
 torch.compile path (custom_op.py)."""
