@@ -409,14 +409,19 @@ def generate_dq(prog, grp, sh, tables, lse_grad=False, grads=(), route=None):
         _chain(w, sh, E)
         pv(w, sh, acc="dqa", src="k", width=sh.D, kslot=kslot)
         w.depth = depth
-        w(f"for r in range({sh.BM}):")
-        with w.block():
-            w("if qok[r] != 0:")
-            with w.block():
-                w(f"for j in T.vectorized({sh.D}):")
-                with w.block():
-                    w(f"dq[b, h, qtok[r], j] = dqa[r, j] * T.float32({prog.scale!r})")
+        _write_dq(w, sh, prog)
     return close_kernel(w)
+
+
+def _write_dq(w, sh, prog):
+    """The query tile's rows of dQ (dqa times the scale), through the query map."""
+    w(f"for r in range({sh.BM}):")
+    with w.block():
+        w("if qok[r] != 0:")
+        with w.block():
+            w(f"for j in T.vectorized({sh.D}):")
+            with w.block():
+                w(f"dq[b, h, qtok[r], j] = dqa[r, j] * T.float32({prog.scale!r})")
 
 
 def fuses(prog, sh, route=None):
@@ -534,13 +539,7 @@ def generate_dkv(prog, grp, sh, tables, qmax, lse_grad=False, route=None, grads=
                 with w.block():
                     w(f"dv[b, h, ktk[{kslot}, c], j] = dva[c, j]")
         if fused:               # the one query tile's rows: every key they see was in this tile
-            w(f"for r in range({sh.BM}):")
-            with w.block():
-                w("if qok[r] != 0:")
-                with w.block():
-                    w(f"for j in T.vectorized({sh.D}):")
-                    with w.block():
-                        w(f"dq[b, h, qtok[r], j] = dqa[r, j] * T.float32({prog.scale!r})")
+            _write_dq(w, sh, prog)
     return close_kernel(w)
 
 
