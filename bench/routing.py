@@ -7,9 +7,11 @@ in a fresh process (the compiled kernel comes from the disk cache): the peak res
 (VmHWM, reset to the current size just before the call through /proc/self/clear_refs) minus
 the resident set before the call.
 
-    python bench/routing.py [--rounds 5]
+    python bench/routing.py [--rounds 5] [--train]
 
-Writes bench/out/routing.{md,json}.
+--train times forward + backward (gradients of q, k and v: attncc's generated backward
+kernels, the procedure's autograd) instead of the forward. Writes bench/out/routing.{md,json}
+(routing_train.* with --train).
 """
 import argparse
 import json
@@ -60,20 +62,31 @@ def biformer_procedure(q, k, v, grid, regions, topk, scale):
     return o.reshape(B, H, N, d)
 
 
-def setup(stage):
+def setup(stage, train=False):
     grid, regions, topk, H, d = STAGES[stage]
     N = grid[0] * grid[1]
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(BATCH, H, N, d, generator=gen) for _ in range(3))
+    q, k, v = (torch.randn(BATCH, H, N, d, generator=gen).requires_grad_(train) for _ in range(3))
+    g = torch.randn(BATCH, H, N, d, generator=gen)
     scale = (H * d) ** -0.5                       # BiFormer scales by the full width
     kern = ac.compile(ac.Attention(ac.routing(grid, regions, topk), scale=scale), backend="tvm")
-    calls = {"attncc": lambda: kern(q, k, v),
-             "BiFormer procedure": lambda: biformer_procedure(q, k, v, grid, regions, topk, scale)}
+    fwd = {"attncc": lambda: kern(q, k, v),
+           "BiFormer procedure": lambda: biformer_procedure(q, k, v, grid, regions, topk, scale)}
+
+    def step(fn):
+        def run():
+            out = fn()
+            out.backward(g)
+            return out.detach()
+        return run
+    calls = {n: step(fn) for n, fn in fwd.items()} if train else fwd
 
     def load():
-        """The compiled kernel loaded (from the disk cache) without running: TVM's own
-        libraries and the kernel's code are not the call's memory."""
-        kern.compiled(*check_call(kern.spec, q, k, v, {}, False), {})
+        """The compiled kernels loaded (from the disk cache) without running: TVM's own
+        libraries and the kernels' code are not the call's memory."""
+        comp = kern.compiled(*check_call(kern.spec, q, k, v, {}, False), {})
+        if train:
+            assert comp.backward_why_not() is None
     return calls, load
 
 
@@ -84,10 +97,10 @@ def status_kb(field):
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def peak_child(stage, name):
+def peak_child(stage, name, train=False):
     """In a fresh process: the peak resident memory one call adds (bytes)."""
     torch.set_num_threads(2)
-    calls, load = setup(stage)
+    calls, load = setup(stage, train)
     if name == "attncc":
         load()
     Path("/proc/self/clear_refs").write_text("5")          # VmHWM := VmRSS
@@ -96,8 +109,9 @@ def peak_child(stage, name):
     print(json.dumps({"peak": (status_kb("VmHWM") - before) * 1024}))
 
 
-def peak(stage, name):
-    res = subprocess.run([sys.executable, __file__, "--peak", stage, name], capture_output=True, text=True, check=True)
+def peak(stage, name, train=False):
+    res = subprocess.run([sys.executable, __file__, "--peak", stage, name, *(["--train"] if train else [])],
+                         capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])["peak"]
 
 
@@ -105,19 +119,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--peak", nargs=2)
+    ap.add_argument("--train", action="store_true")
     args = ap.parse_args()
     if args.peak:
-        return peak_child(*args.peak)
+        return peak_child(*args.peak, train=args.train)
     torch.set_num_threads(2)
-    lines = ["| stage (batch 8) | attncc ms | BiFormer ms | speedup | attncc peak MB | BiFormer peak MB | "
+    what = "forward + backward" if args.train else "forward"
+    lines = [f"| stage (batch 8), {what} | attncc ms | BiFormer ms | speedup | attncc peak MB | BiFormer peak MB | "
              "memory ratio (BiFormer / attncc) | max abs diff |", "|---|---|---|---|---|---|---|---|"]
     rows = []
     for stage, (grid, regions, topk, H, d) in STAGES.items():
-        calls, _ = setup(stage)
+        calls, _ = setup(stage, args.train)
         first = {n: fn() for n, fn in calls.items()}           # compiles (and fills the disk cache)
         diff = (first["attncc"] - first["BiFormer procedure"]).abs().max().item()
         t = interleaved(calls, args.rounds)
-        mem = {n: peak(stage, n) for n in calls}
+        mem = {n: peak(stage, n, args.train) for n in calls}
         label = f"{stage}: {grid[0]}x{grid[1]}, 7x7 regions, topk {topk}, H{H} d{d}"
         ta, tb = t["attncc"], t["BiFormer procedure"]
         ma, mb = mem["attncc"], mem["BiFormer procedure"]
@@ -126,10 +142,11 @@ def main():
         print(lines[-1], flush=True)
         rows.append({"stage": stage, "attncc_ms": ta * 1e3, "biformer_ms": tb * 1e3, "speedup": tb / ta,
                      "attncc_peak_bytes": ma, "biformer_peak_bytes": mb, "max_abs_diff": diff})
-    out = Path("bench/out")
+    out = Path(__file__).parent / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "routing.json").write_text(json.dumps({"rows": rows}, indent=1))
-    (out / "routing.md").write_text("\n".join(lines) + "\n")
+    name = "routing_train" if args.train else "routing"
+    (out / f"{name}.json").write_text(json.dumps({"rows": rows}, indent=1))
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
