@@ -103,10 +103,12 @@ def check_grads_against_oracle(spec, q, k, v, tensors=None, backend="tvm", lse=T
     gold = dense_grads(canon, q, k, v, dense, gout, glse, torch.float64)
     same = dense_grads(canon, q.float(), k.float(), v.float(), dense, gout.float(), glse, torch.float32)
     names = ["q", "k", "v"] + [n for n, x in tabs.items() if table_grads and x.is_floating_point()]
-    for name, a, g, s in zip(names, mine, gold, same):
+    for name, x, a, g, s in zip(names, wrt, mine, gold, same):
         g = torch.zeros_like(a, dtype=torch.float64) if g is None else g
         s = torch.zeros_like(a, dtype=torch.float32) if s is None else s
-        assert a is not None and a.dtype == q.dtype, f"d{name}: no gradient or wrong dtype"
+        # each gradient in its input's dtype (a float32 bias table of a bf16 call: float32), judged
+        # against the same maths computed in the call's dtype
+        assert a is not None and a.dtype == x.dtype, f"d{name}: no gradient or wrong dtype"
         assert torch.isfinite(a).all(), f"d{name} is not finite"
         floor = 8 * EPS[q.dtype] * (1.0 + g.abs().max().item())
         err = (a.double() - g).abs().max().item()
