@@ -15,7 +15,8 @@ from ..captured import as_table, kinds
 from ..routes import route_of, routed_tables
 from .printer import PrintError
 from .source import GroupShape, generate, group_shape
-from .backward import fuses, generate_dkv, generate_dq, pair_grads, table_slots_of
+from .backward import fuses, generate_dkv, generate_dq, table_slots_of
+from .grad_pairs import pair_grads
 from ..backward import scatter_pair, why_not
 from ..tiles import query_tile_tables
 
